@@ -5,7 +5,7 @@ tensorflow_datasets and huggingface_hub load when a function needs them.
 
 >>> import vitkeras
 >>> vitkeras.build_vit("Nano/4", image_size=32, num_classes=10).count_params()
-205642
+142026
 """
 
 from vitkeras import layers
@@ -13,6 +13,11 @@ from vitkeras.layers import Patches, PatchEncoder, TokenPooling, TransformerBloc
 from vitkeras.models import PRESETS, ViTConfig, build_cnn, build_hybrid_vit, build_vit, get_config, with_intermediates
 
 __version__ = "0.1.0"
+
+# The public repository, in one place: the README's and the notebooks' "Open in
+# Colab" badges and the notebooks' Colab install cell use it (tests check this).
+# Publishing the repository elsewhere means changing this line and those links.
+REPOSITORY = "github.com/vitkeras/vitkeras"
 
 __all__ = [
     "layers",

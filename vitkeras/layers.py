@@ -482,6 +482,17 @@ class PatchEncoder(keras.layers.Layer):
 # --------------------------------------------------------------------------- #
 # TransformerBlock: (B, T, D) -> (B, T, D), equations (2) and (3)
 # --------------------------------------------------------------------------- #
+def _fused_attention_available(dtype):
+    """Whether `ops.dot_product_attention` can run for this dtype here.
+
+    JAX's CPU backend has no float16 matmul with float32 accumulation, which its
+    fused attention asks for; everything else (GPUs included) takes the fused path.
+    """
+    if keras.config.backend() != "jax" or dtype != "float16":
+        return True
+    return not keras.distribution.list_devices()[0].lower().startswith("cpu")
+
+
 def _float32_if_mixed(policy):
     """LayerNorm and softmax stay in float32 under a mixed precision policy."""
     if policy.compute_dtype in ("float16", "bfloat16"):
@@ -591,7 +602,11 @@ class TransformerBlock(keras.layers.Layer):
         q = self._split_heads(self.query(x))  # (B, T, h, d)
         k = self._split_heads(self.key(x))  # (B, T, h, d)
         v = self._split_heads(self.value(x))  # (B, T, h, d)
-        explicit = return_attention_scores or (training and self.attention_dropout > 0)
+        explicit = (
+            return_attention_scores
+            or (training and self.attention_dropout > 0)
+            or not _fused_attention_available(self.compute_dtype)
+        )
         if explicit:
             scale = 1.0 / math.sqrt(self.head_dim)
             logits = ops.einsum("bqhd,bkhd->bhqk", q, k)  # (B, h, T, T)

@@ -120,7 +120,7 @@ class Patches(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> Patches(4)(np.zeros((2, 32, 32, 3))).shape
+    >>> tuple(Patches(4)(np.zeros((2, 32, 32, 3))).shape)
     (2, 64, 48)
     """
 
@@ -344,7 +344,7 @@ class PatchEncoder(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> PatchEncoder(32)(np.zeros((2, 64, 48))).shape
+    >>> tuple(PatchEncoder(32)(np.zeros((2, 64, 48))).shape)
     (2, 65, 32)
     """
 
@@ -529,7 +529,7 @@ class TransformerBlock(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> TransformerBlock(num_heads=4, mlp_dim=64)(np.zeros((2, 17, 32))).shape
+    >>> tuple(TransformerBlock(num_heads=4, mlp_dim=64)(np.zeros((2, 17, 32))).shape)
     (2, 17, 32)
     """
 
@@ -695,7 +695,7 @@ class TokenPooling(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> TokenPooling("gap", num_prefix_tokens=0)(np.ones((2, 16, 8))).shape
+    >>> tuple(TokenPooling("gap", num_prefix_tokens=0)(np.ones((2, 16, 8))).shape)
     (2, 8)
     """
 

@@ -271,7 +271,10 @@ def build_vit(
 # --------------------------------------------------------------------------- #
 def _conv_bn(x, filters, kernel, stride, name, activation=True):
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    # GroupNorm, as the paper's ResNets (BiT): no batch statistics, so no train/test
+    # mismatch in the short, small-batch runs of this course (BatchNorm's moving
+    # averages lag far behind there).
+    x = keras.layers.GroupNormalization(groups=min(8, filters), epsilon=1e-5, name=f"{name}_gn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x) if activation else x
 
 

@@ -29,6 +29,65 @@ def _presets(args):
     return 0
 
 
+def _data_efficiency(args):
+    from vitkeras import experiments
+
+    summary = experiments.data_efficiency(
+        dataset=args.dataset,
+        sizes=args.sizes,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        model_kinds=args.models,
+        vit_preset=args.preset,
+        cnn_width=args.cnn_width,
+        recipe=args.recipe,
+        min_steps=args.min_steps,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        data_dir=args.data_dir,
+        out=args.out,
+        verbose=args.verbose,
+    )
+    print(_table(summary))
+    print(f"wrote {args.out}/results.json and {args.out}/data_efficiency.png")
+    return 0
+
+
+def _table(summary):
+    """Test accuracy per model (columns) and training size (rows), mean over seeds."""
+    results = summary["results"]
+    kinds = [k for k in ("vit", "cnn", "hybrid") if any(r["model"] == k for r in results)]
+    lines = ["train size | " + " | ".join(f"{k:>6}" for k in kinds) + (" | cnn - vit" if {"vit", "cnn"} <= set(kinds) else "")]
+    for size in sorted({r["train_size"] for r in results}):
+        means = {}
+        for kind in kinds:
+            values = [r["test_accuracy"] for r in results if r["model"] == kind and r["train_size"] == size]
+            means[kind] = sum(values) / len(values) if values else float("nan")
+        row = f"{size:>10} | " + " | ".join(f"{means[k]:6.3f}" for k in kinds)
+        if {"vit", "cnn"} <= set(kinds):
+            row += f" | {100 * (means['cnn'] - means['vit']):+6.1f} pts"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _train(args):
+    from vitkeras import experiments
+
+    experiments.train(
+        model_kind=args.model,
+        dataset=args.dataset,
+        vit_preset=args.preset,
+        epochs=args.epochs,
+        recipe=args.recipe,
+        image_size=args.image_size,
+        data_dir=args.data_dir,
+        out=args.out,
+        seed=args.seed,
+        verbose="auto" if args.verbose else 2,
+    )
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad arguments in one line with exit code 2."""
 
@@ -44,6 +103,24 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _dataset_name(text):
+    if text in ("shapes", "shapes-translation", "cifar10", "cifar100", "cats_vs_dogs"):
+        return text
+    if text.startswith("folder:") and len(text) > len("folder:"):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown dataset {text!r}; use shapes, shapes-translation, cifar10, cifar100, cats_vs_dogs or folder:PATH"
+    )
+
+
+def _recipe_name(text):
+    from vitkeras.training import RECIPES
+
+    if text not in RECIPES:
+        raise argparse.ArgumentTypeError(f"unknown recipe {text!r}; known: {', '.join(RECIPES)}")
+    return text
 
 
 def _preset_name(text):
@@ -64,12 +141,62 @@ def make_parser():
     presets.add_argument("--image-size", type=_positive_int, default=224, help="input resolution (default 224)")
     presets.add_argument("--num-classes", type=_positive_int, default=1000, help="head outputs (default 1000)")
     presets.set_defaults(run=_presets)
+
+    from vitkeras.experiments import DEFAULT_EPOCHS, DEFAULT_MIN_STEPS, DEFAULT_SIZES, MODELS
+
+    efficiency = commands.add_parser(
+        "data-efficiency",
+        help="ViT vs CNN test accuracy as the training set grows (the course's main experiment)",
+        description="Trains a ViT and a CNN of similar size with the same recipe on growing, stratified "
+        "training subsets and evaluates both on one test set. Writes OUT/results.json (after every "
+        "finished point; a rerun skips finished points) and OUT/data_efficiency.png.",
+    )
+    efficiency.add_argument("--dataset", type=_dataset_name, default="shapes",
+                            help="shapes (default, offline), shapes-translation, cifar10, cifar100, cats_vs_dogs, folder:PATH")
+    efficiency.add_argument("--sizes", type=_positive_int, nargs="+", default=list(DEFAULT_SIZES),
+                            help=f"training examples per class (default {' '.join(map(str, DEFAULT_SIZES))})")
+    efficiency.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,
+                            help=f"epochs per run, the same for every model (default {DEFAULT_EPOCHS})")
+    efficiency.add_argument("--min-steps", type=int, default=DEFAULT_MIN_STEPS,
+                            help=f"at least this many steps per run, so small subsets converge (default {DEFAULT_MIN_STEPS})")
+    efficiency.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (default 0)")
+    efficiency.add_argument("--models", nargs="+", choices=MODELS, default=["vit", "cnn"], help="models to compare")
+    efficiency.add_argument("--preset", type=_preset_name, default="Nano/4", help="ViT preset (default Nano/4)")
+    efficiency.add_argument("--cnn-width", type=_positive_int, default=None,
+                            help="CNN width (default: matched to the ViT's parameter count)")
+    efficiency.add_argument("--recipe", type=_recipe_name, default="scratch", help="training recipe (default scratch)")
+    efficiency.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
+    efficiency.add_argument("--image-size", type=_positive_int, default=None, help="resize images to this size")
+    efficiency.add_argument("--data-dir", default=None, help="tensorflow-datasets folder with a local copy")
+    efficiency.add_argument("--out", default="runs/data_efficiency", help="output folder (default runs/data_efficiency)")
+    efficiency.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0, help="Keras verbosity while training")
+    efficiency.set_defaults(run=_data_efficiency)
+
+    train = commands.add_parser("train", help="train one model and report its test accuracy")
+    train.add_argument("--model", choices=MODELS, default="vit", help="vit (default), cnn or hybrid")
+    train.add_argument("--preset", type=_preset_name, default="Micro/4", help="ViT preset (default Micro/4)")
+    train.add_argument("--dataset", type=_dataset_name, default="shapes", help="as for data-efficiency")
+    train.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
+    train.add_argument("--recipe", type=_recipe_name, default="scratch", help="scratch (default), finetune, keras_example")
+    train.add_argument("--image-size", type=_positive_int, default=None, help="resize images to this size")
+    train.add_argument("--data-dir", default=None, help="tensorflow-datasets folder with a local copy")
+    train.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    train.add_argument("--out", default="runs/train", help="output folder; rerun to resume (default runs/train)")
+    train.add_argument("--verbose", action="store_true", help="show a progress bar")
+    train.set_defaults(run=_train)
     return parser
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted; finished results are kept in the output folder (rerun to continue)", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"python -m vitkeras {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

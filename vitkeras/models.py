@@ -10,6 +10,7 @@ inspection).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Optional
 
@@ -269,12 +270,12 @@ def build_vit(
 # --------------------------------------------------------------------------- #
 # CNN baseline and the hybrid's stem
 # --------------------------------------------------------------------------- #
-def _conv_bn(x, filters, kernel, stride, name, activation=True):
+def _conv_norm(x, filters, kernel, stride, name, activation=True):
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     # GroupNorm, as the paper's ResNets (BiT): no batch statistics, so no train/test
     # mismatch in the short, small-batch runs of this course (BatchNorm's moving
     # averages lag far behind there).
-    x = keras.layers.GroupNormalization(groups=min(8, filters), epsilon=1e-5, name=f"{name}_gn")(x)
+    x = keras.layers.GroupNormalization(groups=math.gcd(filters, 8), epsilon=1e-5, name=f"{name}_gn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x) if activation else x
 
 
@@ -282,9 +283,9 @@ def _residual_block(x, filters, stride, name):
     """ResNet basic block: two 3x3 conv-BN with a shortcut (1x1 conv when the shape changes)."""
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_shortcut", activation=False)
-    y = _conv_bn(x, filters, 3, stride, f"{name}_a")
-    y = _conv_bn(y, filters, 3, 1, f"{name}_b", activation=False)
+        shortcut = _conv_norm(x, filters, 1, stride, f"{name}_shortcut", activation=False)
+    y = _conv_norm(x, filters, 3, stride, f"{name}_a")
+    y = _conv_norm(y, filters, 3, 1, f"{name}_b", activation=False)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.Activation("relu", name=f"{name}_out")(y)
 
@@ -342,7 +343,7 @@ def build_cnn(
         keras.utils.set_random_seed(seed)
     images = keras.Input((height, width_px, channels), name="images")  # (B, H, W, C)
     x = keras.layers.Rescaling(1.0, name="cast")(images)  # accepts uint8: cast to the compute dtype
-    x = _conv_bn(x, width, 3, 1, "stem")  # (B, H, W, width)
+    x = _conv_norm(x, width, 3, 1, "stem")  # (B, H, W, width)
     x = resnet_stages(x, width, stages, blocks_per_stage)  # (B, H', W', width * 2**(stages-1))
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)  # (B, width * 2**(stages-1))
     outputs = keras.layers.Dense(num_classes, activation=classifier_activation, dtype="float32", name="head")(x)
@@ -393,7 +394,7 @@ def build_hybrid_vit(
         keras.utils.set_random_seed(seed)
     images = keras.Input((height, width, channels), name="images")  # (B, H, W, C)
     x = keras.layers.Rescaling(1.0, name="cast")(images)
-    x = _conv_bn(x, stem_width, 3, 1, "stem")  # (B, H, W, stem_width)
+    x = _conv_norm(x, stem_width, 3, 1, "stem")  # (B, H, W, stem_width)
     x = resnet_stages(x, stem_width, stem_stages, blocks_per_stage, name="stem_stage")  # (B, H/s, W/s, C')
     patches = Patches(1, name="patches")(x)  # (B, N, C'), N = HW / s^2
     tokens = PatchEncoder(

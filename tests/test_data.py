@@ -1,0 +1,229 @@
+"""Tests of vitkeras.data: the embedded dataset, folders, tfds paths (mocked), subsets, pipeline."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from vitkeras import data
+
+
+# --------------------------------------------------------------------------- #
+# The embedded dataset
+# --------------------------------------------------------------------------- #
+def test_shapes_are_deterministic_balanced_and_uint8():
+    a = data.make_shapes(120, image_size=32, seed=3)
+    b = data.make_shapes(120, image_size=32, seed=3)
+    c = data.make_shapes(120, image_size=32, seed=4)
+    assert a.images.shape == (120, 32, 32, 3) and a.images.dtype == np.uint8
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, c.images)
+    assert np.bincount(a.labels).tolist() == [20] * 6
+    assert a.class_names == data.SHAPE_CLASSES
+
+
+def test_shapes_any_size_and_number_of_classes():
+    small = data.make_shapes(10, image_size=20, num_classes=3, seed=0)
+    assert small.images.shape == (10, 20, 20, 3) and set(small.labels) <= {0, 1, 2}
+    assert small.class_names == ("disc", "ring", "square")
+
+
+def test_shape_pixels_differ_from_background_where_the_object_is():
+    shapes = data.make_shapes(50, image_size=32, seed=1)
+    for image, (x, y) in zip(shapes.images, shapes.centers):
+        centre = image[int(y), int(x)].astype(int)
+        corner_values = image[[0, 0, -1, -1], [0, -1, 0, -1]].astype(int)
+        # Every shape covers its centre (rings: the ring passes near it) or differs from the corners.
+        assert np.abs(corner_values - centre).sum(axis=1).max() > 30
+
+
+def test_translation_split_confines_training_objects_to_the_left_third():
+    size = 32
+    train = data.make_shapes(300, image_size=size, seed=0, region="left")
+    test = data.load_arrays("shapes-translation", "test", image_size=size, shapes_size=300)
+    assert train.centers[:, 0].max() <= size / 3 + 1e-6
+    assert test.centers[:, 0].max() > 2 * size / 3  # test objects are anywhere
+    loaded = data.load_arrays("shapes-translation", "train", image_size=size, shapes_size=300)
+    assert loaded.centers[:, 0].max() <= size / 3 + 1e-6
+
+
+def test_shapes_reject_bad_arguments():
+    with pytest.raises(ValueError, match=r"num_examples must be a positive integer, got 0"):
+        data.make_shapes(0)
+    with pytest.raises(ValueError, match=r"image_size must be an integer of at least 16, got 8"):
+        data.make_shapes(4, image_size=8)
+    with pytest.raises(ValueError, match=r"region must be 'anywhere', 'left' or 'right', got 'top'"):
+        data.make_shapes(4, region="top")
+
+
+def test_stratified_subset_takes_n_per_class_reproducibly():
+    labels = np.repeat(np.arange(4), 25)
+    first = data.stratified_subset(labels, 7, seed=1)
+    assert np.bincount(labels[first]).tolist() == [7, 7, 7, 7]
+    np.testing.assert_array_equal(first, data.stratified_subset(labels, 7, seed=1))
+    assert not np.array_equal(first, data.stratified_subset(labels, 7, seed=2))
+    with pytest.raises(ValueError, match=r"Class 0 has only 25 examples; cannot draw 30 per class"):
+        data.stratified_subset(labels, 30)
+
+
+# --------------------------------------------------------------------------- #
+# Folders of images
+# --------------------------------------------------------------------------- #
+def _write_images(folder, count, colour, fmt="JPEG"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = np.full((12, 10, 3), colour, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.{'jpg' if fmt == 'JPEG' else 'png'}", format=fmt)
+
+
+def test_folder_skips_and_counts_corrupt_and_non_image_files(tmp_path):
+    for split in ("val", "test"):
+        _write_images(tmp_path / split / "cats", 1, (200, 30, 30))
+        _write_images(tmp_path / split / "dogs", 1, (30, 30, 200))
+    train = tmp_path / "train"
+    _write_images(train / "cats", 4, (200, 30, 30))
+    _write_images(train / "dogs", 5, (30, 30, 200), fmt="PNG")
+    good = (train / "cats" / "0.jpg").read_bytes()
+    (train / "cats" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (train / "dogs" / "notes.txt").write_text("not an image")
+    (train / "dogs" / "fake.png").write_bytes(b"\x89PNG but not really")
+    with pytest.warns(UserWarning, match=r"Skipped 3 file\(s\) in .*train that are not decodable images"):
+        dataset, info = data.load(f"folder:{tmp_path}", "train", image_size=8)
+    items = list(dataset.as_numpy_iterator())
+    assert info.class_names == ("cats", "dogs")
+    assert info.skipped_files == 3 and len(items) == info.num_examples == 9
+    for image, label in items:
+        assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+        assert image[..., 0].mean() > 150 if label == 0 else image[..., 2].mean() > 150
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the clean splits warn about nothing
+        assert len(data.load_arrays(f"folder:{tmp_path}", "validation")) == 2
+
+
+def test_flat_folder_splits_are_disjoint_and_cover_every_image(tmp_path):
+    _write_images(tmp_path / "a", 30, (255, 0, 0), fmt="PNG")
+    _write_images(tmp_path / "b", 30, (0, 255, 0), fmt="PNG")
+    sizes = {}
+    for split in data.SPLITS:
+        sizes[split] = len(data.load_arrays(f"folder:{tmp_path}", split, split_seed=5))
+    assert sum(sizes.values()) == 60
+    assert sizes["train"] > sizes["validation"] and sizes["train"] > sizes["test"]
+    again = len(data.load_arrays(f"folder:{tmp_path}", "test", split_seed=5))
+    assert again == sizes["test"]
+
+
+def test_presplit_folder_uses_train_and_test_and_carves_validation(tmp_path):
+    for split, count in (("train", 40), ("test", 6)):
+        _write_images(tmp_path / split / "x", count, (10, 10, 10), fmt="PNG")
+        _write_images(tmp_path / split / "y", count, (240, 240, 240), fmt="PNG")
+    test = data.load_arrays(f"folder:{tmp_path}", "test")
+    train = data.load_arrays(f"folder:{tmp_path}", "train")
+    validation = data.load_arrays(f"folder:{tmp_path}", "validation")
+    assert len(test) == 12
+    assert len(train) + len(validation) == 80 and 0 < len(validation) < 20
+
+
+def test_missing_folder_and_unknown_names_are_clear(tmp_path):
+    with pytest.raises(data.DatasetUnavailableError, match=r"does not exist.*one subfolder per class"):
+        data.load(f"folder:{tmp_path / 'nope'}")
+    with pytest.raises(ValueError, match=r"Unknown dataset 'imagenet'.*folder:PATH"):
+        data.load("imagenet")
+    with pytest.raises(ValueError, match=r"Unknown split 'dev'"):
+        data.load("shapes", "dev")
+
+
+# --------------------------------------------------------------------------- #
+# tensorflow-datasets, offline
+# --------------------------------------------------------------------------- #
+def test_cifar10_through_tfds_mock_data():
+    with tfds.testing.mock_data(num_examples=12):
+        dataset, info = data.load("cifar10", "test")
+        arrays = data.load_arrays("cifar10", "test")
+    assert info.num_classes == 10 and len(info.class_names) == 10  # the mock has no label names offline
+    assert arrays.images.shape[1:] == (32, 32, 3) and arrays.images.dtype == np.uint8
+    assert len(arrays) == 12
+
+
+def test_cats_vs_dogs_split_is_seeded_disjoint_and_complete():
+    counts = {}
+    with tfds.testing.mock_data(num_examples=40):
+        for split in data.SPLITS:
+            dataset, info = data.load("cats_vs_dogs", split, image_size=16, split_seed=0)
+            items = list(dataset.as_numpy_iterator())
+            assert len(items) == info.num_examples
+            assert all(x.shape == (16, 16, 3) for x, _ in items)
+            counts[split] = info.num_examples
+    assert sum(counts.values()) == 40
+    assert counts["train"] > counts["test"]
+
+
+def test_failed_download_names_dataset_and_explains_local_copy(monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Failed to establish a new connection: [Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(tfds, "load", unreachable)
+    with pytest.raises(data.DatasetUnavailableError) as error:
+        data.load("cifar100", "train", data_dir="/tmp/my_tfds")
+    message = str(error.value)
+    assert "'cifar100'" in message and "network was unreachable" in message
+    assert "/tmp/my_tfds/cifar100" in message and "folder:PATH" in message
+
+
+def test_non_network_tfds_errors_are_not_disguised(monkeypatch):
+    def bad_split(*args, **kwargs):
+        raise KeyError("bad split")
+
+    monkeypatch.setattr(tfds, "load", bad_split)
+    with pytest.raises(KeyError):
+        data.load("cifar10", "train")
+
+
+# --------------------------------------------------------------------------- #
+# Pipeline and augmentation
+# --------------------------------------------------------------------------- #
+def test_pipeline_rescales_normalizes_and_one_hot_encodes():
+    shapes = data.make_shapes(10, image_size=16, seed=0)
+    batches = data.make_pipeline(shapes, batch_size=4, rescale=1 / 255.0, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    images, labels = next(iter(batches.as_numpy_iterator()))
+    expected = (shapes.images[:4] / 255.0 - 0.5) / 0.25
+    np.testing.assert_allclose(images, expected, atol=1e-5)
+    np.testing.assert_array_equal(labels.argmax(1), shapes.labels[:4])
+    assert labels.shape == (4, 6) and images.dtype == np.float32
+    assert sum(len(y) for _, y in batches.as_numpy_iterator()) == 10  # nothing dropped in evaluation
+
+
+def test_training_pipeline_is_seeded_and_augments():
+    shapes = data.make_shapes(32, image_size=16, seed=0)
+
+    def first(seed):
+        keras.utils.set_random_seed(seed)  # a run is reproducible from its seed, as a fresh process is
+        batches = data.make_pipeline(shapes, 8, training=True, augmentation="basic", seed=seed)
+        return next(iter(batches.as_numpy_iterator()))
+
+    a, b = first(1), first(1)
+    np.testing.assert_array_equal(a[0], b[0])
+    plain = data.make_pipeline(shapes, 8, training=True, augmentation="none", seed=1)
+    images, labels = next(iter(plain.as_numpy_iterator()))
+    index = [np.flatnonzero(np.isclose(shapes.images / 255.0, im, atol=1e-6).all(axis=(1, 2, 3))) for im in images]
+    assert all(len(i) == 1 for i in index)  # unaugmented: every image is one of the originals
+    augmented_matches = [np.flatnonzero(np.isclose(shapes.images / 255.0, im, atol=1e-6).all(axis=(1, 2, 3))) for im in a[0]]
+    assert sum(len(i) == 0 for i in augmented_matches) > 0  # augmented: some images were changed
+
+
+def test_mixup_gives_soft_labels_that_sum_to_one():
+    shapes = data.make_shapes(16, image_size=16, seed=0)
+    batches = data.make_pipeline(shapes, 8, training=True, mixup=0.8, seed=0)
+    _, labels = next(iter(batches.as_numpy_iterator()))
+    np.testing.assert_allclose(labels.sum(1), 1.0, atol=1e-5)
+    assert (labels.max(1) < 1.0 - 1e-3).any()
+
+
+def test_strong_augmentation_uses_randaugment_and_rejects_unknown():
+    names = [layer.__class__.__name__ for layer in data.make_augmentation("strong").layers]
+    assert names == ["RandomFlip", "RandomTranslation", "RandAugment"]
+    assert data.make_augmentation("none") is None
+    with pytest.raises(ValueError, match=r"augmentation must be one of \['none', 'basic', 'strong'\], got 'max'"):
+        data.make_augmentation("max")

@@ -1,0 +1,108 @@
+"""Tests of vitkeras.experiments and the command line: results, resume, atomic writes, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vitkeras import experiments
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="shapes", sizes=(4, 8), epochs=1, min_steps=2, batch_size=8, vit_preset="Nano/4", log=lambda *a: None)
+
+
+def test_data_efficiency_writes_records_settings_and_plot(tmp_path):
+    summary = experiments.data_efficiency(out=tmp_path, **TINY)
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored == json.loads(json.dumps(summary))
+    records = stored["results"]
+    assert {(r["model"], r["train_size"]) for r in records} == {(m, n) for m in ("vit", "cnn") for n in (24, 48)}
+    for record in records:
+        assert set(record) >= {"model", "train_size", "seed", "test_accuracy", "epochs", "seconds"}
+        assert 0.0 <= record["test_accuracy"] <= 1.0 and record["epochs"] >= 1
+    settings = stored["settings"]
+    assert settings["dataset"] == "shapes" and settings["test_size"] == 2400 and settings["num_classes"] == 6
+    vit, cnn = settings["parameters"]["vit"], settings["parameters"]["cnn"]
+    assert abs(cnn - vit) / vit < 0.15  # similar sizes
+    png = (tmp_path / "data_efficiency.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_interrupted_run_keeps_finished_points_and_resumes(tmp_path, monkeypatch):
+    real = experiments.train_and_evaluate
+    calls = []
+
+    def interrupt_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiments, "train_and_evaluate", interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        experiments.data_efficiency(out=tmp_path, **TINY)
+    kept = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert len(kept) == 2
+    monkeypatch.setattr(experiments, "train_and_evaluate", real)
+    finished = experiments.data_efficiency(out=tmp_path, **TINY)["results"]
+    assert len(finished) == 4 and finished[:2] == kept
+
+
+def test_rerun_with_other_settings_refuses_to_mix_results(tmp_path):
+    experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4,)})
+    with pytest.raises(ValueError, match=r"holds results of other settings.*another --out"):
+        experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (5,)})
+
+
+def test_sizes_larger_than_the_pool_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"--sizes goes up to 99999 per class, but 'shapes' has only 3000 per class"):
+        experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (99999,)})
+
+
+def test_matched_cnn_width_is_close_in_parameters():
+    width = experiments.matched_cnn_width(140_000, 16, 6)
+    from vitkeras import build_cnn
+
+    assert abs(build_cnn(16, 6, width=width).count_params() - 140_000) / 140_000 < 0.1
+
+
+def test_train_writes_result_and_history(tmp_path):
+    result = experiments.train(
+        "cnn", dataset="shapes", epochs=1, out=tmp_path, verbose=0, log=lambda *a: None, image_size=16
+    )
+    stored = json.loads((tmp_path / "result.json").read_text())
+    assert stored["test_accuracy"] == result["test_accuracy"] and stored["epochs"] == 1
+    assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == [1]
+
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "vitkeras", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_cli_data_efficiency_end_to_end(tmp_path):
+    result = run_cli("data-efficiency", "--sizes", "3", "--epochs", "1", "--min-steps", "1", "--batch-size", "6",
+                     "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cnn - vit" in result.stdout and (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["data-efficiency", "--sizes", "0"], "expected a positive integer, got 0"),
+        (["data-efficiency", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["train", "--recipe", "fast"], "unknown recipe 'fast'"),
+        (["data-efficiency", "--dataset", "folder:/nonexistent/photos", "--sizes", "1"], "does not exist"),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_code_2(args, message):
+    from test_package import TENSORFLOW_LOG
+
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if not TENSORFLOW_LOG.match(line)]
+    assert len(lines) == 1 and message in lines[0], result.stderr

@@ -1,0 +1,163 @@
+"""Tests of vitkeras.training: weight-decay exclusions, schedules, precision, resume, data parallelism."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import to_numpy
+
+import vitkeras
+from vitkeras import data, training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_adamw_decays_kernels_but_not_biases_norms_position_embeddings_or_class_token():
+    model = vitkeras.build_vit("Nano/4", image_size=8, num_classes=3, layer_scale=0.5)
+    optimizer = training.make_optimizer(training.get_recipe("scratch", warmup_fraction=0.0, schedule="constant"), 10, model)
+    variables = model.trainable_variables
+    before = [to_numpy(v).copy() for v in variables]
+    for v in variables:  # non-zero values, so decay is visible
+        v.assign(np.ones(v.shape, "float32"))
+    before = [to_numpy(v).copy() for v in variables]
+    optimizer.apply_gradients([(keras.ops.zeros(v.shape), v) for v in variables])
+    for v, old in zip(variables, before):
+        changed = not np.allclose(to_numpy(v), old)
+        excluded = len(v.shape) <= 1 or "position_embedding" in v.path or "class_token" in v.path
+        assert changed != excluded, v.path
+    paths = [v.path for v in variables if training.no_weight_decay(v)]
+    assert any("class_token" in p for p in paths) and any("position_embedding" in p for p in paths)
+    assert any("attention_scale" in p for p in paths) and any("norm1/gamma" in p for p in paths)
+
+
+def test_keras_example_recipe_decays_every_weight():
+    model = vitkeras.build_vit("Nano/4", image_size=8, num_classes=3)
+    optimizer = training.make_optimizer("keras_example", 10, model)
+    assert not getattr(optimizer, "_exclude_from_weight_decay", None)
+    assert float(optimizer.weight_decay) == pytest.approx(1e-4)
+
+
+def test_warmup_then_cosine_schedule():
+    recipe = training.get_recipe("scratch", learning_rate=0.01, warmup_fraction=0.1)
+    optimizer = training.make_optimizer(recipe, total_steps=100, model=vitkeras.build_vit("Nano/4", 8, 2))
+    schedule = optimizer._learning_rate  # the LearningRateSchedule passed in
+    lr = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    assert lr[0] == pytest.approx(0.0, abs=1e-7)
+    assert lr[1] == pytest.approx(0.005, rel=1e-3)  # halfway through warm-up
+    assert lr[2] == pytest.approx(0.01, rel=1e-3)  # peak
+    assert lr[3] == pytest.approx(0.005, rel=1e-2)  # halfway down the cosine
+    assert lr[4] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_finetune_recipe_is_the_papers_sgd():
+    optimizer = training.make_optimizer("finetune", 100)
+    assert isinstance(optimizer, keras.optimizers.SGD)
+    assert optimizer.momentum == pytest.approx(0.9) and optimizer.global_clipnorm == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"Unknown recipe 'adam'; known: \['scratch', 'finetune', 'keras_example'\]"):
+        training.get_recipe("adam")
+
+
+def test_precision_for_devices():
+    assert training.precision_for("gpu", (7, 5)) == "mixed_float16"  # T4
+    assert training.precision_for("gpu", (8, 6)) == "mixed_bfloat16"  # A10, RTX 30xx
+    assert training.precision_for("tpu") == "mixed_bfloat16"
+    assert training.precision_for("cpu") == "float32"
+    assert training.choose_precision() == "float32"  # the test machines have no accelerator
+
+
+def test_label_smoothing_and_accuracy_are_compiled():
+    model = vitkeras.build_vit("Nano/4", image_size=8, num_classes=3)
+    training.compile_model(model, "scratch", 10)
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+    assert model.loss.get_config()["from_logits"]
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.weights = [w.copy() for w in self.model.get_weights()]
+            raise KeyboardInterrupt("simulated Colab disconnect")
+
+
+class _CountEpochs(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.started = []
+        self.weights_at_start = [w.copy() for w in self.model.get_weights()]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started.append(epoch)
+
+
+def test_fit_resumes_after_an_interruption_and_keeps_history(tmp_path):
+    shapes = data.make_shapes(64, image_size=16, num_classes=3, seed=0)
+    batches = data.make_pipeline(shapes, 16, training=True, seed=0, repeat=True)
+
+    def fresh_model():
+        keras.utils.set_random_seed(0)
+        model = vitkeras.build_vit("Nano/4", image_size=16, num_classes=3, seed=0)
+        return training.compile_model(model, "scratch", total_steps=16)
+
+    stop = _StopAfter(epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(fresh_model(), batches, epochs=4, steps_per_epoch=4, out_dir=tmp_path, callbacks=[stop], verbose=0)
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert [r["epoch"] for r in saved] == [1, 2]
+
+    counter = _CountEpochs()
+    history = training.fit(fresh_model(), batches, epochs=4, steps_per_epoch=4, out_dir=tmp_path, callbacks=[counter], verbose=0)
+    assert counter.started == [2, 3]  # only the epochs that had not finished
+    for restored, interrupted in zip(counter.weights_at_start, stop.weights):
+        np.testing.assert_array_equal(restored, interrupted)
+    assert history["epoch"] == [1, 2, 3, 4] and len(history["loss"]) == 4
+    assert not (tmp_path / "backup").exists() or not any((tmp_path / "backup").iterdir())
+
+
+def test_write_json_atomic_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "results.json"
+    training.write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        training.write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+DATA_PARALLEL_SCRIPT = """
+import os
+backend = os.environ["KERAS_BACKEND"]
+if backend == "tensorflow":
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np, keras, vitkeras
+from vitkeras import data, training
+with training.data_parallel() as scope:
+    model = vitkeras.build_vit("Nano/4", 16, 3, seed=0)
+    training.compile_model(model, "scratch", 4)
+batches = data.make_pipeline(data.make_shapes(64, 16, 3), batch_size=16, training=True)
+history = model.fit(batches, epochs=1, verbose=0).history
+print("REPLICAS", scope.num_replicas, "LOSS", history["loss"][-1])
+"""
+
+
+def test_data_parallel_over_two_virtual_cpu_devices():
+    backend = keras.config.backend()
+    if backend == "torch":
+        with pytest.raises(ValueError, match=r"available on the 'jax' and 'tensorflow' backends, not 'torch'"):
+            training.data_parallel()
+        return
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    result = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    words = result.stdout.split()
+    assert words[words.index("REPLICAS") + 1] == "2"
+    assert np.isfinite(float(words[words.index("LOSS") + 1]))

@@ -1,0 +1,560 @@
+"""Datasets, splits, subsets and the input pipeline.
+
+Names accepted by `load` and `load_arrays`:
+
+- "shapes": the embedded synthetic dataset (`make_shapes`), generated from a seed, offline.
+- "shapes-translation": the same, with objects confined to the left third of
+  the image in training and anywhere in the test split (what translation
+  equivariance buys).
+- "cifar10", "cifar100": through tensorflow-datasets (downloaded when online);
+  "train" is the first 90% of the upstream train split, "validation" the last 10%.
+- "cats_vs_dogs": through tensorflow-datasets; upstream has only a train split,
+  cut here into train/validation/test 80/10/10 by a seeded hash of each file name.
+- "folder:PATH": a folder with one subfolder per class. If PATH has `train/`
+  and `test/` subfolders (like the CIFAR-10 copy in ../shared/datasets), those
+  are the splits (without a `val/` or `validation/` folder, a seeded 10% of
+  train is the validation split); otherwise files are split 80/10/10 by a
+  seeded hash of their path. Files that are not decodable images are skipped and counted in a warning.
+
+Images come out as uint8 (H, W, C) and integer labels; `make_pipeline` batches,
+augments (Keras preprocessing layers), rescales, normalizes and prefetches.
+tf.data is used here only, so the models stay backend-agnostic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "SHAPE_CLASSES",
+    "SPLITS",
+    "ArrayData",
+    "DatasetInfo",
+    "DatasetUnavailableError",
+    "make_shapes",
+    "load",
+    "load_arrays",
+    "stratified_subset",
+    "make_augmentation",
+    "make_pipeline",
+]
+
+SHAPE_CLASSES = ("disc", "ring", "square", "triangle", "cross", "bar")
+SPLITS = ("train", "validation", "test")
+TFDS_NAMES = ("cifar10", "cifar100", "cats_vs_dogs")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# The embedded dataset's default image side (16: 16 tokens of 4x4 patches, so the default
+# experiment fits in 5 minutes on 2 CPU cores), the sizes of its splits, and the seeds
+# that make the splits distinct.
+SHAPES_IMAGE_SIZE = 16
+SHAPES_SPLIT_SIZES = {"train": 18000, "validation": 1200, "test": 2400}
+SHAPES_SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+# Fractions of the hash-based train/validation/test split (cats_vs_dogs, flat folders).
+HASH_SPLIT = (0.8, 0.1, 0.1)
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A dataset could not be downloaded or found; the message says how to use a local copy."""
+
+
+@dataclasses.dataclass
+class ArrayData:
+    """Labelled images held in memory.
+
+    Attributes:
+        images: uint8 array (n, H, W, C).
+        labels: int32 array (n,).
+        class_names: name of each label.
+        centers: for generated shapes, each object's centre (x, y) in pixels; else None.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple
+    centers: np.ndarray | None = None
+
+    def __len__(self):
+        return len(self.labels)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def take(self, indices):
+        """The examples at `indices`, as a new ArrayData."""
+        centers = None if self.centers is None else self.centers[indices]
+        return ArrayData(self.images[indices], self.labels[indices], self.class_names, centers)
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """What `load` knows about a split: its size, classes and what was skipped."""
+
+    name: str
+    split: str
+    num_examples: int
+    class_names: tuple
+    skipped_files: int = 0
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+# --------------------------------------------------------------------------- #
+# The embedded dataset
+# --------------------------------------------------------------------------- #
+def _shape_mask(kind, x, y):
+    """Which pixels, at shape-frame coordinates (x, y) in units of the radius, are inside `kind`."""
+    r = np.sqrt(x * x + y * y)
+    if kind == "disc":
+        return r <= 1.0
+    if kind == "ring":
+        return (r <= 1.0) & (r >= 0.6)
+    if kind == "square":
+        return np.maximum(np.abs(x), np.abs(y)) <= 0.8
+    if kind == "triangle":
+        return (y <= 0.6) & (y >= 2.0 * np.abs(x) - 1.0)
+    if kind == "cross":
+        return ((np.abs(x) <= 0.3) & (np.abs(y) <= 1.0)) | ((np.abs(y) <= 0.3) & (np.abs(x) <= 1.0))
+    return (np.abs(x) <= 1.0) & (np.abs(y) <= 0.3)  # bar
+
+
+def make_shapes(num_examples, image_size=32, num_classes=6, seed=0, region="anywhere", rotation=0.0):
+    """The embedded "shapes" dataset: one coloured shape per image on textured noise.
+
+    The class is the shape (disc, ring, square, triangle, cross, bar); position,
+    size and colours are random (and the rotation, if asked for). A CNN (local filters, shared across
+    positions, then global pooling) recognises a shape wherever it is; a ViT
+    from scratch must learn each patch position separately, so it needs far
+    more examples: the paper's inductive-bias argument in miniature.
+
+    Args:
+        num_examples: n.
+        image_size: side of the square images (at least 16).
+        num_classes: K, the first K of `SHAPE_CLASSES` (2 to 6).
+        seed: everything is generated from it; same seed, same images.
+        region: "anywhere", or "left" / "right": the object's centre stays in
+            that third of the image (for the translation experiment).
+        rotation: rotate each shape by a random angle in [-rotation, rotation] degrees.
+
+    Returns:
+        ArrayData with uint8 images (n, S, S, 3) and balanced random labels.
+
+    Example:
+    >>> data = make_shapes(8, image_size=32, seed=0)
+    >>> data.images.shape, data.images.dtype.name, data.class_names[:2]
+    ((8, 32, 32, 3), 'uint8', ('disc', 'ring'))
+    """
+    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
+        raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}.")
+    if not isinstance(image_size, (int, np.integer)) or image_size < 16:
+        raise ValueError(f"image_size must be an integer of at least 16, got {image_size!r}.")
+    if not 2 <= num_classes <= len(SHAPE_CLASSES):
+        raise ValueError(f"num_classes must be between 2 and {len(SHAPE_CLASSES)}, got {num_classes!r}.")
+    if region not in ("anywhere", "left", "right"):
+        raise ValueError(f"region must be 'anywhere', 'left' or 'right', got {region!r}.")
+    rng = np.random.default_rng(seed)
+    n, S = int(num_examples), int(image_size)
+    labels = rng.permutation(np.arange(n) % num_classes).astype("int32")  # balanced
+    # Background: a coarse 4x4 colour texture, blended with a base colour, plus pixel noise.
+    cells = 4
+    coarse = rng.uniform(0.0, 1.0, (n, cells, cells, 3))
+    texture = np.repeat(np.repeat(coarse, -(-S // cells), axis=1), -(-S // cells), axis=2)[:, :S, :S]  # (n, S, S, 3)
+    base = rng.uniform(0.2, 0.8, (n, 1, 1, 3))
+    background = 0.8 * base + 0.2 * texture + rng.normal(0.0, 0.04, (n, S, S, 3))
+    foreground = (base + 0.5 + rng.uniform(-0.15, 0.15, (n, 1, 1, 3))) % 1.0  # far from the base colour
+    # Geometry: radius 20-32% of the image, centre inside the allowed region.
+    radius = rng.uniform(0.2, 0.32, n) * S
+    low, high = radius, S - radius
+    if region != "anywhere":
+        third = S / 3.0
+        low = np.minimum(low, third) if region == "left" else np.maximum(low, 2 * third)
+        high = np.minimum(high, third) if region == "left" else np.maximum(high, 2 * third)
+    cx = rng.uniform(low, high)
+    cy = rng.uniform(radius, S - radius)
+    theta = np.deg2rad(rng.uniform(-rotation, rotation, n))
+    grid = np.arange(S) + 0.5
+    dx = (grid[None, None, :] - cx[:, None, None]) / radius[:, None, None]  # (n, 1, S)
+    dy = (grid[None, :, None] - cy[:, None, None]) / radius[:, None, None]  # (n, S, 1)
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    x, y = cos * dx + sin * dy, -sin * dx + cos * dy  # (n, S, S) each, shape frame
+    inside = np.zeros((n, S, S), dtype=bool)
+    for k, kind in enumerate(SHAPE_CLASSES[:num_classes]):
+        chosen = labels == k
+        inside[chosen] = _shape_mask(kind, x[chosen], y[chosen])
+    shading = foreground + rng.normal(0.0, 0.04, (n, S, S, 3))
+    images = np.where(inside[..., None], shading, background)  # (n, S, S, 3)
+    images = (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype("uint8")
+    return ArrayData(images, labels, SHAPE_CLASSES[:num_classes], np.stack([cx, cy], axis=1))
+
+
+def _load_shapes(name, split, image_size, shapes_size=None):
+    region = "left" if (name == "shapes-translation" and split != "test") else "anywhere"
+    size = shapes_size or SHAPES_SPLIT_SIZES[split]
+    return make_shapes(size, image_size=image_size or SHAPES_IMAGE_SIZE, seed=SHAPES_SPLIT_SEEDS[split], region=region)
+
+
+# --------------------------------------------------------------------------- #
+# tensorflow-datasets
+# --------------------------------------------------------------------------- #
+def _hash_fraction(text, seed):
+    """A number in [0, 1) fixed by `text` and `seed`: the same file lands in the same split everywhere."""
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _split_of(fraction):
+    train, validation, _ = HASH_SPLIT
+    if fraction < train:
+        return "train"
+    return "validation" if fraction < train + validation else "test"
+
+
+def _unavailable(name, error, data_dir):
+    where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    return DatasetUnavailableError(
+        f"Could not download dataset {name!r}: the network was unreachable or the download failed "
+        f"({type(error).__name__}: {error}). To use a local copy: (1) on a machine with internet run "
+        f"`python -c \"import tensorflow_datasets as tfds; tfds.load('{name}')\"`, copy the folder "
+        f"{where}/{name} to this machine and pass data_dir=... (CLI: --data-dir) or set TFDS_DATA_DIR; or "
+        f"(2) put the images in a folder with one subfolder per class and use 'folder:PATH'."
+    )
+
+
+def _is_download_error(error):
+    names = " ".join(cls.__name__ for cls in type(error).__mro__)
+    text = str(error).lower()
+    return isinstance(error, (OSError, ConnectionError, TimeoutError)) or any(
+        word in names or word in text for word in ("Download", "Connection", "URLError", "HTTP", "network", "resolve")
+    )
+
+
+def _load_tfds(name, split, data_dir, split_seed):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    kwargs = dict(data_dir=data_dir, with_info=True, shuffle_files=False)
+    try:
+        if name == "cats_vs_dogs":
+            dataset, info = tfds.load(name, split="train", **kwargs)
+        else:
+            tfds_split = {"validation": "train[90%:]", "train": "train[:90%]"}.get(split, split)
+            dataset, info = tfds.load(name, split=tfds_split, as_supervised=True, **kwargs)
+    except Exception as error:  # noqa: BLE001 - re-raised with advice when it is a download failure
+        if _is_download_error(error):
+            raise _unavailable(name, error, data_dir) from error
+        raise
+    class_names = tuple(info.features["label"].names)
+    if name == "cats_vs_dogs":
+        # Seeded hash of the file name: a stable 80/10/10 split of the only upstream split.
+        names = [n.decode() for n in tfds.as_numpy(dataset.map(lambda e: e["image/filename"]))]
+        keep = np.array([_split_of(_hash_fraction(n, split_seed)) == split for n in names])
+        mask = tf.constant(keep)
+        dataset = dataset.enumerate().filter(lambda i, e: tf.gather(mask, i)).map(
+            lambda i, e: (e["image"], e["label"])
+        )
+        count = int(keep.sum())
+    else:
+        count = int(dataset.cardinality())
+    return dataset, DatasetInfo(name, split, count, class_names)
+
+
+# --------------------------------------------------------------------------- #
+# Folders of images
+# --------------------------------------------------------------------------- #
+def _decodes(path):
+    """True when PIL can fully decode the file (catches truncated and fake images)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except Exception:  # noqa: BLE001 - any failure to decode means "skip this file"
+        return False
+
+
+def _class_dirs(root):
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan_folder(root, split, split_seed):
+    """Decodable image files of one split of a folder dataset, with labels, and the number skipped."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetUnavailableError(
+            f"Image folder {str(root)!r} does not exist. Expected one subfolder per class "
+            f"(PATH/<class>/<image>), optionally under PATH/train and PATH/test."
+        )
+    split_dirs = {p.name: p for p in root.iterdir() if p.is_dir() and p.name in ("train", "val", "validation", "test")}
+    presplit = "train" in split_dirs and "test" in split_dirs
+    val_dir = split_dirs.get("validation") or split_dirs.get("val")
+    carve = None  # for train/ + test/ without a validation folder: 10% of train, by seeded hash
+    if presplit:
+        class_names = tuple(p.name for p in _class_dirs(split_dirs["train"]))
+        if split == "test":
+            class_root = split_dirs["test"]
+        elif split == "validation" and val_dir is not None:
+            class_root = val_dir
+        else:
+            class_root = split_dirs["train"]
+            carve = None if val_dir is not None else split
+    else:
+        class_root = root
+        class_names = tuple(p.name for p in _class_dirs(root))
+    if len(class_names) < 2:
+        raise ValueError(f"Image folder {str(class_root)!r} needs at least two class subfolders, found {list(class_names)}.")
+
+    def in_split(path):
+        if not presplit:
+            return _split_of(_hash_fraction(str(path.relative_to(root)), split_seed)) == split
+        if carve is None:
+            return True
+        is_validation = _hash_fraction(str(path.relative_to(root)), split_seed) >= 0.9
+        return is_validation == (carve == "validation")
+
+    candidates, labels, skipped = [], [], 0
+    for label, class_name in enumerate(class_names):
+        directory = Path(class_root) / class_name
+        for path in sorted(directory.rglob("*")) if directory.is_dir() else []:
+            if not path.is_file() or not in_split(path):
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped += 1
+                continue
+            candidates.append(str(path))
+            labels.append(label)
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        good = list(pool.map(_decodes, candidates))
+    skipped += good.count(False)
+    files = [f for f, ok in zip(candidates, good) if ok]
+    labels = [label for label, ok in zip(labels, good) if ok]
+    if skipped:
+        bad = [f for f, ok in zip(candidates, good) if not ok][:3]
+        warnings.warn(
+            f"Skipped {skipped} file(s) in {class_root} that are not decodable images "
+            f"(extensions allowed: {', '.join(IMAGE_EXTENSIONS)}){'; e.g. ' + ', '.join(bad) if bad else ''}.",
+            stacklevel=3,
+        )
+    if not files:
+        raise ValueError(f"No decodable images for split {split!r} in {class_root}.")
+    return files, np.array(labels, dtype="int32"), class_names, skipped
+
+
+def _load_folder(root, split, split_seed):
+    import tensorflow as tf
+
+    files, labels, class_names, skipped = _scan_folder(root, split, split_seed)
+
+    def read(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)  # (H, W, 3) uint8
+        return image, label
+
+    dataset = tf.data.Dataset.from_tensor_slices((files, labels)).map(read, num_parallel_calls=tf.data.AUTOTUNE)
+    # Files PIL decoded but TF cannot (rare formats) are dropped instead of stopping an epoch.
+    dataset = dataset.ignore_errors()
+    return dataset, DatasetInfo(f"folder:{root}", split, len(files), class_names, skipped)
+
+
+# --------------------------------------------------------------------------- #
+# One entry point for every dataset
+# --------------------------------------------------------------------------- #
+def _check_name_and_split(name, split):
+    known = ("shapes", "shapes-translation", *TFDS_NAMES)
+    if not isinstance(name, str) or not (name in known or name.startswith("folder:")):
+        raise ValueError(f"Unknown dataset {name!r}. Known: {list(known)} or 'folder:PATH'.")
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; allowed: {list(SPLITS)}.")
+
+
+def load(name, split="train", image_size=None, data_dir=None, split_seed=0):
+    """A split of a dataset as a `tf.data.Dataset` of (uint8 image (H, W, C), int32 label), unbatched.
+
+    Args:
+        name: "shapes", "shapes-translation", "cifar10", "cifar100", "cats_vs_dogs" or "folder:PATH".
+        split: "train", "validation" or "test".
+        image_size: resize every image to this square size (needed for datasets of mixed sizes).
+        data_dir: where tensorflow-datasets keeps its data (None: its default).
+        split_seed: seed of the hash-based splits (cats_vs_dogs and flat folders).
+
+    Returns:
+        (dataset, DatasetInfo).
+    """
+    import tensorflow as tf
+
+    _check_name_and_split(name, split)
+    if name.startswith("shapes"):
+        arrays = _load_shapes(name, split, image_size)
+        dataset = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
+        info = DatasetInfo(name, split, len(arrays), arrays.class_names)
+    elif name.startswith("folder:"):
+        dataset, info = _load_folder(name[len("folder:") :], split, split_seed)
+    else:
+        dataset, info = _load_tfds(name, split, data_dir, split_seed)
+    if image_size is not None and not name.startswith("shapes"):
+        size = (int(image_size), int(image_size))
+        dataset = dataset.map(
+            lambda x, y: (tf.cast(tf.clip_by_value(tf.round(tf.image.resize(x, size, antialias=True)), 0, 255), tf.uint8), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    dataset = dataset.map(lambda x, y: (x, tf.cast(y, tf.int32)))
+    return dataset, info
+
+
+def load_arrays(name, split="train", image_size=None, data_dir=None, split_seed=0, shapes_size=None):
+    """A split held in memory as `ArrayData` (for subsets and small datasets). Arguments as `load`.
+
+    `shapes_size` overrides the number of generated examples for "shapes" datasets.
+
+    Example:
+    >>> load_arrays("shapes", "test", shapes_size=10).images.shape
+    (10, 16, 16, 3)
+    """
+    _check_name_and_split(name, split)
+    if name.startswith("shapes"):
+        return _load_shapes(name, split, image_size, shapes_size)
+    import tensorflow as tf
+
+    dataset, info = load(name, split, image_size, data_dir, split_seed)
+    images, labels = [], []
+    for x, y in dataset.batch(1024).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise ValueError(f"Dataset {name!r} split {split!r} is empty.")
+    return ArrayData(np.concatenate(images), np.concatenate(labels).astype("int32"), info.class_names)
+
+
+def stratified_subset(labels, per_class, seed=0):
+    """Indices of `per_class` examples of every class, drawn with a seed (sorted).
+
+    Example:
+    >>> stratified_subset(np.array([0, 1, 0, 1, 0, 1]), 2, seed=0).size
+    4
+    """
+    labels = np.asarray(labels)
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise ValueError(f"per_class must be a positive integer, got {per_class!r}.")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < per_class:
+            raise ValueError(
+                f"Class {label} has only {len(members)} examples; cannot draw {per_class} per class "
+                f"(at most {min(np.bincount(labels))} per class here)."
+            )
+        chosen.append(rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+# --------------------------------------------------------------------------- #
+# Augmentation and the input pipeline
+# --------------------------------------------------------------------------- #
+AUGMENTATIONS = ("none", "basic", "strong")
+
+
+def make_augmentation(kind="basic", seed=0):
+    """Keras preprocessing layers that augment uint8-range images (values 0-255), or None.
+
+    "basic": horizontal flip and random translation by up to 1/8 of the size
+    (about CIFAR's pad-4-and-crop). "strong": basic plus RandAugment (2 ops,
+    magnitude 0.5).
+
+    Example:
+    >>> make_augmentation("basic").layers[0].__class__.__name__
+    'RandomFlip'
+    """
+    import keras
+
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {list(AUGMENTATIONS)}, got {kind!r}.")
+    if kind == "none":
+        return None
+    layers = [
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed + 1),
+    ]
+    if kind == "strong":
+        layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 2))
+    return keras.Sequential(layers, name=f"augment_{kind}")
+
+
+def make_pipeline(
+    data,
+    batch_size=128,
+    num_classes=None,
+    training=False,
+    augmentation="none",
+    rescale=1.0 / 255.0,
+    mean=None,
+    std=None,
+    mixup=0.0,
+    cutmix=0.0,
+    seed=0,
+    repeat=False,
+):
+    """Batches of (float32 images, one-hot float32 labels) ready for `model.fit`.
+
+    Args:
+        data: ArrayData, or a tf.data.Dataset of (uint8 image, int label) from `load`.
+        batch_size: examples per batch.
+        num_classes: K for the one-hot labels (taken from ArrayData if None).
+        training: shuffle (seeded) and augment.
+        augmentation: "none", "basic" or "strong" (see `make_augmentation`); training only.
+        rescale: multiply pixels by this (1/255 maps to [0, 1]; 1.0 keeps 0-255).
+        mean, std: per-channel constants subtracted / divided after rescaling (None: none).
+        mixup, cutmix: probability-free mixing strengths (0 = off): Keras MixUp(alpha) /
+            CutMix(factor) on each training batch.
+        seed: shuffling and augmentation seed.
+        repeat: repeat forever (use `steps_per_epoch` in fit).
+    """
+    import keras
+    import tensorflow as tf
+
+    if isinstance(data, ArrayData):
+        num_classes = num_classes or data.num_classes
+        dataset = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
+        size = len(data)
+    else:
+        dataset, size = data, None
+    if not num_classes:
+        raise ValueError("num_classes is needed for a tf.data input.")
+    if training:
+        dataset = dataset.shuffle(min(size or 10_000, 50_000), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    augment = make_augmentation(augmentation, seed) if training else None
+    mixers = []
+    if training and mixup:
+        mixers.append(keras.layers.MixUp(alpha=mixup, seed=seed + 3))
+    if training and cutmix:
+        mixers.append(keras.layers.CutMix(factor=cutmix, seed=seed + 4))
+    mean_t = None if mean is None else tf.constant(mean, tf.float32)
+    std_t = None if std is None else tf.constant(std, tf.float32)
+
+    def prepare(images, labels):
+        images = tf.cast(images, tf.float32)  # (B, H, W, C), 0-255
+        if augment is not None:
+            images = augment(images, training=True)
+        labels = tf.one_hot(labels, num_classes)  # (B, K)
+        for mixer in mixers:
+            mixed = mixer({"images": images, "labels": labels}, training=True)
+            images, labels = mixed["images"], mixed["labels"]
+        images = images * rescale
+        if mean_t is not None:
+            images = images - mean_t
+        if std_t is not None:
+            images = images / std_t
+        return images, labels
+
+    return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

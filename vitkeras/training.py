@@ -1,0 +1,364 @@
+"""The training recipes: optimizer, schedule, loss, precision, resumable fit, data parallelism.
+
+Two recipes come from the literature and one reproduces the Keras example:
+
+- "scratch": training a ViT from scratch on small data (DeiT / "How to train
+  your ViT"): AdamW, weight decay 0.05 except on biases, norms, position
+  embeddings and the class token; linear warm-up then cosine decay; label
+  smoothing 0.1; gradient clipping at global norm 1.
+- "finetune": the paper's fine-tuning (section 3.2, appendix B.1.1): SGD with
+  momentum 0.9, no weight decay, warm-up then cosine decay, clipping at norm 1.
+- "keras_example": "Image classification with Vision Transformer" on keras.io:
+  AdamW 1e-3, weight decay 1e-4 on every weight, constant learning rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "get_recipe",
+    "no_weight_decay",
+    "make_optimizer",
+    "compile_model",
+    "precision_for",
+    "choose_precision",
+    "fit",
+    "data_parallel",
+    "write_json_atomic",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How to train: optimizer, schedule and regularisation."""
+
+    name: str
+    optimizer: str = "adamw"  # "adamw" or "sgd"
+    learning_rate: float = 1e-3  # peak learning rate, reached after warm-up
+    weight_decay: float = 0.05  # decoupled (AdamW) decay; not applied to `no_weight_decay` weights
+    decay_all_weights: bool = False  # True: decay every weight (as the Keras example does)
+    momentum: float = 0.9  # SGD only
+    warmup_fraction: float = 0.05  # share of all steps spent in linear warm-up
+    schedule: str = "cosine"  # "cosine" (to 0 after warm-up) or "constant"
+    label_smoothing: float = 0.1
+    global_clipnorm: float | None = 1.0  # clip gradients to this global norm (None: no clipping)
+    batch_size: int = 128
+    augmentation: str = "basic"  # see vitkeras.data.make_augmentation
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+RECIPES = {
+    "scratch": Recipe("scratch"),
+    "finetune": Recipe(
+        "finetune",
+        optimizer="sgd",
+        learning_rate=0.01,
+        weight_decay=0.0,
+        warmup_fraction=0.05,
+        label_smoothing=0.0,
+        batch_size=64,
+        augmentation="basic",
+    ),
+    "keras_example": Recipe(
+        "keras_example",
+        learning_rate=1e-3,
+        weight_decay=1e-4,
+        decay_all_weights=True,
+        warmup_fraction=0.0,
+        schedule="constant",
+        label_smoothing=0.0,
+        global_clipnorm=None,
+        batch_size=256,
+        augmentation="basic",
+    ),
+}
+
+
+def get_recipe(name_or_recipe, **overrides):
+    """A `Recipe` by name ("scratch", "finetune", "keras_example") with optional field overrides."""
+    if isinstance(name_or_recipe, Recipe):
+        recipe = name_or_recipe
+    elif name_or_recipe in RECIPES:
+        recipe = RECIPES[name_or_recipe]
+    else:
+        raise ValueError(f"Unknown recipe {name_or_recipe!r}; known: {list(RECIPES)}.")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return recipe.replace(**overrides) if overrides else recipe
+
+
+def no_weight_decay(variable):
+    """Biases, norm scales and offsets, LayerScale, position embeddings and the class token: no decay."""
+    path = variable.path
+    return len(variable.shape) <= 1 or "position_embedding" in path or "class_token" in path
+
+
+def make_optimizer(recipe, total_steps, model=None):
+    """The recipe's optimizer with its warm-up + cosine schedule over `total_steps`.
+
+    Args:
+        recipe: a Recipe or a recipe name.
+        total_steps: optimizer steps of the whole run.
+        model: needed by AdamW to exclude `no_weight_decay` weights.
+
+    Example:
+    >>> make_optimizer("finetune", total_steps=100).__class__.__name__
+    'SGD'
+    """
+    recipe = get_recipe(recipe)
+    total_steps = max(int(total_steps), 1)
+    warmup = int(round(recipe.warmup_fraction * total_steps))
+    if recipe.schedule == "constant":
+        schedule = recipe.learning_rate
+    elif recipe.schedule == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else recipe.learning_rate,
+            decay_steps=max(total_steps - warmup, 1),
+            warmup_target=recipe.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    else:
+        raise ValueError(f"Unknown schedule {recipe.schedule!r}; allowed: 'cosine', 'constant'.")
+    if recipe.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            schedule, momentum=recipe.momentum, global_clipnorm=recipe.global_clipnorm
+        )
+    if recipe.optimizer != "adamw":
+        raise ValueError(f"Unknown optimizer {recipe.optimizer!r}; allowed: 'adamw', 'sgd'.")
+    optimizer = keras.optimizers.AdamW(
+        schedule, weight_decay=recipe.weight_decay, global_clipnorm=recipe.global_clipnorm
+    )
+    if not recipe.decay_all_weights:
+        if model is None:
+            raise ValueError("make_optimizer needs the model to exclude weights from AdamW's weight decay.")
+        excluded = [w for w in model.trainable_weights if no_weight_decay(w)]
+        if excluded:
+            optimizer.exclude_from_weight_decay(var_list=excluded)
+    return optimizer
+
+
+def compile_model(model, recipe, total_steps, jit_compile="auto"):
+    """Compiles with the recipe's optimizer, label-smoothed cross-entropy on logits and accuracy."""
+    recipe = get_recipe(recipe)
+    model.compile(
+        optimizer=make_optimizer(recipe, total_steps, model),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+# --------------------------------------------------------------------------- #
+# Precision for the device
+# --------------------------------------------------------------------------- #
+def precision_for(device_kind, compute_capability=None):
+    """The dtype policy for a device: float16 on pre-Ampere GPUs (T4, V100), bfloat16 on newer GPUs and TPUs.
+
+    Example:
+    >>> precision_for("gpu", (7, 5)), precision_for("gpu", (8, 0)), precision_for("cpu")
+    ('mixed_float16', 'mixed_bfloat16', 'float32')
+    """
+    if device_kind == "tpu":
+        return "mixed_bfloat16"
+    if device_kind == "gpu":
+        if compute_capability is not None and tuple(compute_capability) >= (8, 0):
+            return "mixed_bfloat16"
+        return "mixed_float16"
+    return "float32"
+
+
+def _accelerator():
+    """(kind, compute capability or None) of the first device of the current backend."""
+    backend = keras.config.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            capability = getattr(device, "compute_capability", None)
+            if capability:
+                capability = tuple(int(p) for p in str(capability).split("."))
+            return device.platform, capability
+        if backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return "gpu", torch.cuda.get_device_capability(0)
+            return "cpu", None
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            return "gpu", details.get("compute_capability")
+        if tf.config.list_logical_devices("TPU"):
+            return "tpu", None
+    except Exception:  # noqa: BLE001 - device probing must never stop training
+        pass
+    return "cpu", None
+
+
+def choose_precision():
+    """The dtype policy this machine should train in (see `precision_for`)."""
+    return precision_for(*_accelerator())
+
+
+# --------------------------------------------------------------------------- #
+# fit with resume
+# --------------------------------------------------------------------------- #
+def write_json_atomic(path, data):
+    """Writes JSON to a temporary file and renames it: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(data, file, indent=2)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+class _JSONHistory(keras.callbacks.Callback):
+    """Keeps the per-epoch logs in a JSON file, across interruptions and resumes."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_train_begin(self, logs=None):
+        self.records = json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        self.records = [r for r in self.records if r["epoch"] < epoch + 1] + [record]
+        write_json_atomic(self.path, self.records)
+
+
+def fit(
+    model,
+    train,
+    epochs,
+    steps_per_epoch=None,
+    validation=None,
+    out_dir=None,
+    callbacks=(),
+    verbose="auto",
+):
+    """`model.fit` that survives interruptions when given an `out_dir`.
+
+    With `out_dir`, the training state is backed up after every epoch
+    (`keras.callbacks.BackupAndRestore`), so calling `fit` again with the same
+    arguments after a crash or a Colab disconnect continues from the last
+    finished epoch; the per-epoch history is kept in `out_dir/history.json`.
+
+    Args:
+        model: a compiled model.
+        train: training batches (a tf.data.Dataset from `vitkeras.data.make_pipeline`).
+        epochs: total epochs.
+        steps_per_epoch: batches per epoch (needed for repeated datasets).
+        validation: optional validation batches.
+        out_dir: folder for the backup and history.json (None: no resume, no file).
+        callbacks: more Keras callbacks.
+        verbose: Keras verbosity ("auto" shows a progress bar).
+
+    Returns:
+        The history as a dict {metric: [value per epoch]} including epochs
+        finished before an interruption.
+    """
+    callbacks = list(callbacks)
+    history_path = None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        history_path = out_dir / "history.json"
+        callbacks = [keras.callbacks.BackupAndRestore(str(out_dir / "backup")), _JSONHistory(history_path), *callbacks]
+    result = model.fit(
+        train,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=validation,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    if history_path is None or not history_path.exists():
+        return {k: [float(x) for x in v] for k, v in result.history.items()}
+    records = json.loads(history_path.read_text())
+    keys = [k for k in records[0] if k != "epoch"] if records else []
+    return {"epoch": [r["epoch"] for r in records], **{k: [r.get(k, math.nan) for r in records] for k in keys}}
+
+
+# --------------------------------------------------------------------------- #
+# Data parallelism
+# --------------------------------------------------------------------------- #
+class _ReplicaScope:
+    """A context manager around an optional inner scope that reports the number of replicas."""
+
+    def __init__(self, num_replicas, inner=None):
+        self.num_replicas = num_replicas
+        self.inner = inner
+
+    def __enter__(self):
+        if self.inner is not None:
+            self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return False if self.inner is None else self.inner.__exit__(*exc)
+
+
+def data_parallel(enabled=True):
+    """Spreads each batch over all accelerators (or virtual CPU devices) of this machine.
+
+    Use it around building and compiling the model:
+
+        with vitkeras.training.data_parallel():
+            model = vitkeras.build_vit(...); compile_model(model, ...)
+        model.fit(...)
+
+    JAX: `keras.distribution.DataParallel` over every device. TensorFlow: a
+    `tf.distribute.MirroredStrategy` (or a TPUStrategy on a TPU). PyTorch: not
+    supported by Keras's distribution API; raises ValueError.
+
+    Returns:
+        A context manager; it also exposes `num_replicas`.
+    """
+    if not enabled:
+        return _ReplicaScope(1)
+    backend = keras.config.backend()
+    if backend == "jax":
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return _ReplicaScope(len(devices))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("TPU"):
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            strategy = tf.distribute.TPUStrategy(resolver)
+        else:
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+            strategy = tf.distribute.MirroredStrategy(devices)
+        return _ReplicaScope(strategy.num_replicas_in_sync, strategy.scope())
+    raise ValueError(
+        f"Data parallelism is available on the 'jax' and 'tensorflow' backends, not {backend!r}; "
+        f"set KERAS_BACKEND=jax or tensorflow."
+    )

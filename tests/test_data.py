@@ -222,8 +222,8 @@ def test_mixup_gives_soft_labels_that_sum_to_one():
 
 
 def test_strong_augmentation_uses_randaugment_and_rejects_unknown():
-    names = [layer.__class__.__name__ for layer in data.make_augmentation("strong").layers]
+    names = [layer.__class__.__name__ for layer in data.make_augmentation("strong")]
     assert names == ["RandomFlip", "RandomTranslation", "RandAugment"]
-    assert data.make_augmentation("none") is None
+    assert data.make_augmentation("none") == []
     with pytest.raises(ValueError, match=r"augmentation must be one of \['none', 'basic', 'strong'\], got 'max'"):
         data.make_augmentation("max")

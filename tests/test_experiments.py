@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from vitkeras import experiments
+from vitkeras import data, experiments
 
 ROOT = Path(__file__).resolve().parents[1]
+@pytest.fixture(autouse=True)
+def small_shapes_splits(monkeypatch):
+    """Smaller generated splits keep these tests quick; the experiment code is the same."""
+    monkeypatch.setattr(data, "SHAPES_SPLIT_SIZES", {"train": 600, "validation": 60, "test": 240})
+
+
 TINY = dict(dataset="shapes", sizes=(4, 8), epochs=1, min_steps=2, batch_size=8, vit_preset="Nano/4", log=lambda *a: None)
 
 
@@ -24,7 +30,7 @@ def test_data_efficiency_writes_records_settings_and_plot(tmp_path):
         assert set(record) >= {"model", "train_size", "seed", "test_accuracy", "epochs", "seconds"}
         assert 0.0 <= record["test_accuracy"] <= 1.0 and record["epochs"] >= 1
     settings = stored["settings"]
-    assert settings["dataset"] == "shapes" and settings["test_size"] == 2400 and settings["num_classes"] == 6
+    assert settings["dataset"] == "shapes" and settings["test_size"] == 240 and settings["num_classes"] == 6
     vit, cnn = settings["parameters"]["vit"], settings["parameters"]["cnn"]
     assert abs(cnn - vit) / vit < 0.15  # similar sizes
     png = (tmp_path / "data_efficiency.png").read_bytes()
@@ -58,7 +64,7 @@ def test_rerun_with_other_settings_refuses_to_mix_results(tmp_path):
 
 
 def test_sizes_larger_than_the_pool_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match=r"--sizes goes up to 99999 per class, but 'shapes' has only 3000 per class"):
+    with pytest.raises(ValueError, match=r"--sizes goes up to 99999 per class, but 'shapes' has only 100 per class"):
         experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (99999,)})
 
 
@@ -106,3 +112,14 @@ def test_cli_errors_are_one_line_with_exit_code_2(args, message):
     assert result.returncode == 2
     lines = [line for line in result.stderr.strip().splitlines() if not TENSORFLOW_LOG.match(line)]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_precision_is_applied_recorded_and_restored(tmp_path):
+    import keras
+
+    summary = experiments.data_efficiency(out=tmp_path, precision="mixed_bfloat16", **{**TINY, "sizes": (4,),
+                                          "model_kinds": ("vit",)})
+    assert summary["settings"]["precision"] == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # restored
+    with pytest.raises(ValueError, match=r"precision must be one of .* got 'half'"):
+        experiments.data_efficiency(out=tmp_path / "x", precision="half", **TINY)

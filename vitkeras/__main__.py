@@ -47,6 +47,7 @@ def _data_efficiency(args):
         data_dir=args.data_dir,
         out=args.out,
         verbose=args.verbose,
+        precision=args.precision,
     )
     print(_table(summary))
     print(f"wrote {args.out}/results.json and {args.out}/data_efficiency.png")
@@ -84,8 +85,12 @@ def _train(args):
         out=args.out,
         seed=args.seed,
         verbose="auto" if args.verbose else 2,
+        precision=args.precision,
     )
     return 0
+
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -170,6 +175,8 @@ def make_parser():
     efficiency.add_argument("--data-dir", default=None, help="tensorflow-datasets folder with a local copy")
     efficiency.add_argument("--out", default="runs/data_efficiency", help="output folder (default runs/data_efficiency)")
     efficiency.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0, help="Keras verbosity while training")
+    efficiency.add_argument("--precision", choices=PRECISIONS, default="auto",
+                            help="auto (float32 on CPU, mixed on GPU/TPU) or a Keras dtype policy")
     efficiency.set_defaults(run=_data_efficiency)
 
     train = commands.add_parser("train", help="train one model and report its test accuracy")
@@ -183,6 +190,8 @@ def make_parser():
     train.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     train.add_argument("--out", default="runs/train", help="output folder; rerun to resume (default runs/train)")
     train.add_argument("--verbose", action="store_true", help="show a progress bar")
+    train.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto (float32 on CPU, mixed on GPU/TPU) or a Keras dtype policy")
     train.set_defaults(run=_train)
     return parser
 

@@ -463,29 +463,32 @@ AUGMENTATIONS = ("none", "basic", "strong")
 
 
 def make_augmentation(kind="basic", seed=0):
-    """Keras preprocessing layers that augment uint8-range images (values 0-255), or None.
+    """A list of Keras preprocessing layers that augment uint8-range images (values 0-255).
+
+    A list rather than a `keras.Sequential`: each preprocessing layer runs on
+    TensorFlow inside tf.data whatever the Keras backend, a Sequential does not.
 
     "basic": horizontal flip and random translation by up to 1/8 of the size
     (about CIFAR's pad-4-and-crop). "strong": basic plus RandAugment (2 ops,
     magnitude 0.5).
 
     Example:
-    >>> make_augmentation("basic").layers[0].__class__.__name__
-    'RandomFlip'
+    >>> [layer.__class__.__name__ for layer in make_augmentation("basic")]
+    ['RandomFlip', 'RandomTranslation']
     """
     import keras
 
     if kind not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {list(AUGMENTATIONS)}, got {kind!r}.")
     if kind == "none":
-        return None
+        return []
     layers = [
         keras.layers.RandomFlip("horizontal", seed=seed),
         keras.layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed + 1),
     ]
     if kind == "strong":
         layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 2))
-    return keras.Sequential(layers, name=f"augment_{kind}")
+    return layers
 
 
 def make_pipeline(
@@ -533,7 +536,7 @@ def make_pipeline(
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=training)
-    augment = make_augmentation(augmentation, seed) if training else None
+    augment = make_augmentation(augmentation, seed) if training else []
     mixers = []
     if training and mixup:
         mixers.append(keras.layers.MixUp(alpha=mixup, seed=seed + 3))
@@ -544,8 +547,8 @@ def make_pipeline(
 
     def prepare(images, labels):
         images = tf.cast(images, tf.float32)  # (B, H, W, C), 0-255
-        if augment is not None:
-            images = augment(images, training=True)
+        for layer in augment:
+            images = layer(images, training=True)
         labels = tf.one_hot(labels, num_classes)  # (B, K)
         for mixer in mixers:
             mixed = mixer({"images": images, "labels": labels}, training=True)

@@ -120,6 +120,25 @@ def train_and_evaluate(
     return accuracy, epochs, seconds, history
 
 
+class _Precision:
+    """Sets the global dtype policy for an experiment ("auto": the one the device should use) and restores it."""
+
+    def __init__(self, precision):
+        allowed = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+        if precision not in allowed:
+            raise ValueError(f"precision must be one of {list(allowed)}, got {precision!r}.")
+        self.policy = training.choose_precision() if precision == "auto" else precision
+
+    def __enter__(self):
+        self.previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.policy)
+        return self.policy
+
+    def __exit__(self, *exc):
+        keras.config.set_dtype_policy(self.previous)
+        return False
+
+
 def _load_results(path, settings):
     if not path.exists():
         return []
@@ -148,6 +167,7 @@ def data_efficiency(
     out="runs/data_efficiency",
     verbose=0,
     log=print,
+    precision="auto",
 ):
     """ViT vs CNN test accuracy as the training set grows.
 
@@ -167,11 +187,23 @@ def data_efficiency(
         out: output folder: results.json and data_efficiency.png.
         verbose: Keras verbosity while training.
         log: function that prints progress.
+        precision: "auto" (float32 on CPU, mixed precision on GPUs/TPUs, see
+            `vitkeras.training.choose_precision`) or a Keras dtype policy name.
 
     Returns:
         {"settings": {...}, "results": [{"model", "train_size", "seed", "test_accuracy", "epochs", "seconds", ...}]}
     """
-    out = Path(out)
+    with _Precision(precision) as policy:
+        return _data_efficiency(
+            dataset, sizes, epochs, seeds, model_kinds, vit_preset, cnn_width, recipe, min_steps, batch_size,
+            image_size, data_dir, Path(out), verbose, log, policy,
+        )
+
+
+def _data_efficiency(
+    dataset, sizes, epochs, seeds, model_kinds, vit_preset, cnn_width, recipe, min_steps, batch_size,
+    image_size, data_dir, out, verbose, log, policy,
+):
     sizes = sorted(int(s) for s in sizes)
     bad = [k for k in model_kinds if k not in MODELS]
     if bad:
@@ -197,6 +229,7 @@ def data_efficiency(
         "train_pool": len(train_all),
         "test_size": len(test),
         "num_classes": num_classes,
+        "precision": policy,
         "machine": machine_description(),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -288,14 +321,21 @@ def train(
     seed=0,
     verbose="auto",
     log=print,
+    precision="auto",
     **vit_overrides,
 ):
     """Trains one model on a dataset's train split and reports test accuracy.
 
     Writes `out/history.json` (resumable: rerun after an interruption to continue)
-    and `out/result.json`.
+    and `out/result.json`. `precision` as in `data_efficiency`.
     """
-    out = Path(out)
+    with _Precision(precision) as policy:
+        return _train(model_kind, dataset, vit_preset, epochs, recipe, image_size, data_dir, Path(out), seed,
+                      verbose, log, policy, vit_overrides)
+
+
+def _train(model_kind, dataset, vit_preset, epochs, recipe, image_size, data_dir, out, seed, verbose, log, policy,
+           vit_overrides):
     train_data = vdata.load_arrays(dataset, "train", image_size=image_size, data_dir=data_dir)
     test = vdata.load_arrays(dataset, "test", image_size=image_size, data_dir=data_dir)
     model = build_model(model_kind, train_data.images.shape[1], train_data.num_classes, vit_preset, seed=seed, **vit_overrides)
@@ -314,6 +354,7 @@ def train(
         "seconds": round(seconds, 2),
         "parameters": model.count_params(),
         "recipe": training.get_recipe(recipe).name,
+        "precision": policy,
         "machine": machine_description(),
         "history": history,
     }

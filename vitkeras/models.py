@@ -165,6 +165,19 @@ def get_config(preset_or_config, **overrides):
 # --------------------------------------------------------------------------- #
 # The encoder shared by the ViT and the hybrid
 # --------------------------------------------------------------------------- #
+def _patch_encoder(config, grid, seed):
+    """Equation (1) for a config: E, the class token if pooling needs it, E_pos for the grid."""
+    return PatchEncoder(
+        config.hidden_dim,
+        class_token=config.uses_class_token,
+        position_embedding=config.position_embedding,
+        dropout=config.dropout,
+        grid_size=grid,
+        seed=seed,
+        name="patch_encoder",
+    )
+
+
 def _encoder(tokens, config, seed):
     """L Transformer blocks then the final LayerNorm: (B, T, D) -> (B, T, D)."""
     for i in range(config.num_layers):
@@ -251,15 +264,7 @@ def build_vit(
 
     images = keras.Input((height, width, channels), name="images")  # (B, H, W, C)
     patches = Patches(config.patch_size, name="patches")(images)  # (B, N, P*P*C)
-    tokens = PatchEncoder(
-        config.hidden_dim,
-        class_token=config.uses_class_token,
-        position_embedding=config.position_embedding,
-        dropout=config.dropout,
-        grid_size=grid,
-        seed=seed,
-        name="patch_encoder",
-    )(patches)  # (B, 1+N, D)
+    tokens = _patch_encoder(config, grid, seed)(patches)  # (B, 1+N, D)
     tokens = _encoder(tokens, config, seed)  # (B, 1+N, D)
     outputs = _head(tokens, config, num_classes, include_top, classifier_activation, seed)
     if name is None:
@@ -397,15 +402,7 @@ def build_hybrid_vit(
     x = _conv_norm(x, stem_width, 3, 1, "stem")  # (B, H, W, stem_width)
     x = resnet_stages(x, stem_width, stem_stages, blocks_per_stage, name="stem_stage")  # (B, H/s, W/s, C')
     patches = Patches(1, name="patches")(x)  # (B, N, C'), N = HW / s^2
-    tokens = PatchEncoder(
-        config.hidden_dim,
-        class_token=config.uses_class_token,
-        position_embedding=config.position_embedding,
-        dropout=config.dropout,
-        grid_size=(height // stride, width // stride),
-        seed=seed,
-        name="patch_encoder",
-    )(patches)  # (B, 1+N, D)
+    tokens = _patch_encoder(config, (height // stride, width // stride), seed)(patches)  # (B, 1+N, D)
     tokens = _encoder(tokens, config, seed)  # (B, 1+N, D)
     outputs = _head(tokens, config, num_classes, include_top, classifier_activation, seed)
     return keras.Model(images, outputs, name=name)

@@ -1,0 +1,96 @@
+"""The model of the keras.io example "Image classification with Vision Transformer", as a reference.
+
+Written here from the example's description, with its layer layout, so that
+benchmarks can compare vitkeras against it on the same backend:
+
+- in-model augmentation: Normalization (adapted), Resizing to 72, RandomFlip,
+  RandomRotation(0.02), RandomZoom(0.2);
+- patches with `keras.ops.image.extract_patches` (6x6 -> 144 patches);
+- a Dense(64) projection plus an Embedding(144, 64) of positions, no class token;
+- 8 blocks of LayerNorm -> MultiHeadAttention(4 heads, key_dim=64: every head as
+  wide as the model) -> Add -> LayerNorm -> MLP [128, 64] -> Add;
+- LayerNorm -> Flatten -> Dropout(0.5) -> MLP [2048, 1024] -> Dense(K): the
+  head holds most of the parameters.
+
+Trained with AdamW(1e-3, weight decay 1e-4) on every weight (vitkeras's
+"keras_example" recipe). Not part of the vitkeras package.
+"""
+
+import keras
+from keras import layers, ops
+
+IMAGE_SIZE = 72
+PATCH_SIZE = 6
+PROJECTION_DIM = 64
+NUM_HEADS = 4
+TRANSFORMER_LAYERS = 8
+TRANSFORMER_UNITS = [PROJECTION_DIM * 2, PROJECTION_DIM]
+HEAD_UNITS = [2048, 1024]
+
+
+class ExamplePatches(layers.Layer):
+    def __init__(self, patch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+
+    def call(self, images):
+        patches = ops.image.extract_patches(images, size=self.patch_size)  # (B, H/P, W/P, P*P*C)
+        shape = ops.shape(patches)
+        return ops.reshape(patches, (shape[0], shape[1] * shape[2], shape[3]))  # (B, N, P*P*C)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size}
+
+
+class ExamplePatchEncoder(layers.Layer):
+    def __init__(self, num_patches, projection_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.num_patches = num_patches
+        self.projection = layers.Dense(projection_dim)
+        self.position_embedding = layers.Embedding(num_patches, projection_dim)
+
+    def call(self, patches):
+        positions = ops.expand_dims(ops.arange(0, self.num_patches), axis=0)  # (1, N)
+        return self.projection(patches) + self.position_embedding(positions)  # (B, N, D)
+
+
+def _mlp(x, units, dropout):
+    for width in units:
+        x = layers.Dense(width, activation=keras.activations.gelu)(x)
+        x = layers.Dropout(dropout)(x)
+    return x
+
+
+def build_keras_example_vit(
+    input_size=32, num_classes=10, normalization=None, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
+    projection_dim=PROJECTION_DIM, num_heads=NUM_HEADS, transformer_layers=TRANSFORMER_LAYERS,
+    head_units=HEAD_UNITS, augment=True,
+):
+    """The example's model. `normalization`: an adapted keras.layers.Normalization (or None to skip)."""
+    inputs = keras.Input((input_size, input_size, 3))
+    x = inputs
+    if augment:
+        if normalization is not None:
+            x = normalization(x)
+        x = layers.Resizing(image_size, image_size)(x)
+        x = layers.RandomFlip("horizontal")(x)
+        x = layers.RandomRotation(factor=0.02)(x)
+        x = layers.RandomZoom(height_factor=0.2, width_factor=0.2)(x)
+    elif image_size != input_size:
+        x = layers.Resizing(image_size, image_size)(x)
+    num_patches = (image_size // patch_size) ** 2
+    x = ExamplePatches(patch_size)(x)
+    x = ExamplePatchEncoder(num_patches, projection_dim)(x)
+    for _ in range(transformer_layers):
+        y = layers.LayerNormalization(epsilon=1e-6)(x)
+        y = layers.MultiHeadAttention(num_heads=num_heads, key_dim=projection_dim, dropout=0.1)(y, y)
+        x2 = layers.Add()([y, x])
+        y = layers.LayerNormalization(epsilon=1e-6)(x2)
+        y = _mlp(y, [projection_dim * 2, projection_dim], dropout=0.1)
+        x = layers.Add()([y, x2])
+    x = layers.LayerNormalization(epsilon=1e-6)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.5)(x)
+    x = _mlp(x, head_units, dropout=0.5)
+    outputs = layers.Dense(num_classes)(x)
+    return keras.Model(inputs, outputs, name="keras_example_vit")

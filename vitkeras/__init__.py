@@ -19,6 +19,11 @@ __version__ = "0.1.0"
 # Publishing the repository elsewhere means changing this line and those links.
 REPOSITORY = "github.com/vitkeras/vitkeras"
 
+
+def colab_url(path):
+    """The "Open in Colab" address of a file of the repository, e.g. colab_url("notebooks/01_x.ipynb")."""
+    return f"https://colab.research.google.com/github/{REPOSITORY.removeprefix('github.com/')}/blob/main/{path}"
+
 __all__ = [
     "layers",
     "Patches",

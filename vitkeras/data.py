@@ -255,7 +255,11 @@ def _load_tfds(name, split, data_dir, split_seed):
     class_names = tuple(info.features["label"].names)
     if name == "cats_vs_dogs":
         # Seeded hash of the file name: a stable 80/10/10 split of the only upstream split.
-        names = [n.decode() for n in tfds.as_numpy(dataset.map(lambda e: e["image/filename"]))]
+        names_only = tfds.load(
+            name, split="train", data_dir=data_dir, shuffle_files=False,
+            decoders={"image": tfds.decode.SkipDecoding()},  # read file names without decoding 23k JPEGs
+        )
+        names = [n.decode() for n in tfds.as_numpy(names_only.map(lambda e: e["image/filename"]))]
         keep = np.array([_split_of(_hash_fraction(n, split_seed)) == split for n in names])
         mask = tf.constant(keep)
         dataset = dataset.enumerate().filter(lambda i, e: tf.gather(mask, i)).map(
@@ -560,4 +564,7 @@ def make_pipeline(
             images = images / std_t
         return images, labels
 
-    return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # Random augmentation draws from the layers' stateful seed generators: a parallel map would
+    # hand the random numbers to batches in thread order, so a seeded run would not repeat.
+    parallel = None if (augment or mixers) else tf.data.AUTOTUNE
+    return dataset.map(prepare, num_parallel_calls=parallel).prefetch(tf.data.AUTOTUNE)

@@ -21,7 +21,6 @@ def test_adamw_decays_kernels_but_not_biases_norms_position_embeddings_or_class_
     model = vitkeras.build_vit("Nano/4", image_size=8, num_classes=3, layer_scale=0.5)
     optimizer = training.make_optimizer(training.get_recipe("scratch", warmup_fraction=0.0, schedule="constant"), 10, model)
     variables = model.trainable_variables
-    before = [to_numpy(v).copy() for v in variables]
     for v in variables:  # non-zero values, so decay is visible
         v.assign(np.ones(v.shape, "float32"))
     before = [to_numpy(v).copy() for v in variables]

@@ -111,13 +111,11 @@ def _positive_int(text):
 
 
 def _dataset_name(text):
-    if text in ("shapes", "shapes-translation", "cifar10", "cifar100", "cats_vs_dogs"):
+    from vitkeras.data import DATASET_NAMES
+
+    if text in DATASET_NAMES or (text.startswith("folder:") and len(text) > len("folder:")):
         return text
-    if text.startswith("folder:") and len(text) > len("folder:"):
-        return text
-    raise argparse.ArgumentTypeError(
-        f"unknown dataset {text!r}; use shapes, shapes-translation, cifar10, cifar100, cats_vs_dogs or folder:PATH"
-    )
+    raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; use {', '.join(DATASET_NAMES)} or folder:PATH")
 
 
 def _recipe_name(text):

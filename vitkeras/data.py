@@ -49,6 +49,8 @@ __all__ = [
 SHAPE_CLASSES = ("disc", "ring", "square", "triangle", "cross", "bar")
 SPLITS = ("train", "validation", "test")
 TFDS_NAMES = ("cifar10", "cifar100", "cats_vs_dogs")
+# Every name `load` accepts, besides "folder:PATH".
+DATASET_NAMES = ("shapes", "shapes-translation", *TFDS_NAMES)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # The embedded dataset's default image side (16: 16 tokens of 4x4 patches, so the default
 # experiment fits in 5 minutes on 2 CPU cores), the sizes of its splits, and the seeds
@@ -372,9 +374,8 @@ def _load_folder(root, split, split_seed):
 # One entry point for every dataset
 # --------------------------------------------------------------------------- #
 def _check_name_and_split(name, split):
-    known = ("shapes", "shapes-translation", *TFDS_NAMES)
-    if not isinstance(name, str) or not (name in known or name.startswith("folder:")):
-        raise ValueError(f"Unknown dataset {name!r}. Known: {list(known)} or 'folder:PATH'.")
+    if not isinstance(name, str) or not (name in DATASET_NAMES or name.startswith("folder:")):
+        raise ValueError(f"Unknown dataset {name!r}. Known: {list(DATASET_NAMES)} or 'folder:PATH'.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; allowed: {list(SPLITS)}.")
 

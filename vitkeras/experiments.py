@@ -214,7 +214,11 @@ def _data_efficiency(
     largest = int(np.bincount(train_all.labels).min())
     if sizes[-1] > largest:
         raise ValueError(f"--sizes goes up to {sizes[-1]} per class, but {dataset!r} has only {largest} per class.")
-    params = {kind: build_model(kind, size_px, num_classes, vit_preset, cnn_width).count_params() for kind in model_kinds}
+    width = cnn_width  # the CNN's width, matched to the ViT once (not for every run) unless given
+    if "cnn" in model_kinds and width is None:
+        target = models.build_vit(vit_preset, image_size=size_px, num_classes=num_classes).count_params()
+        width = matched_cnn_width(target, size_px, num_classes)
+    params = {kind: build_model(kind, size_px, num_classes, vit_preset, width).count_params() for kind in model_kinds}
     recipe_obj = training.get_recipe(recipe)
     key = dict(
         dataset=dataset, sizes=sizes, epochs=epochs, models=list(model_kinds), vit_preset=vit_preset,
@@ -225,6 +229,7 @@ def _data_efficiency(
         **key,
         "seeds": list(seeds),
         "parameters": params,
+        "cnn_width_used": width,
         "recipe_details": dataclasses.asdict(recipe_obj),
         "train_pool": len(train_all),
         "test_size": len(test),
@@ -243,7 +248,7 @@ def _data_efficiency(
                 if (kind, len(subset), seed) in done:
                     continue
                 keras.backend.clear_session()
-                model = build_model(kind, size_px, num_classes, vit_preset, cnn_width, seed=seed)
+                model = build_model(kind, size_px, num_classes, vit_preset, width, seed=seed)
                 accuracy, run_epochs, seconds, _ = train_and_evaluate(
                     model, subset, test, recipe_obj, epochs, min_steps=min_steps, seed=seed, verbose=verbose,
                     batch_size=batch_size,

@@ -200,7 +200,7 @@ def _encoder(tokens, config, seed):
     )  # (B, T, D)
 
 
-def _head(tokens, config, num_classes, include_top, classifier_activation, seed):
+def _head(tokens, config, num_classes, include_top, classifier_activation):
     """Pooling, optional pre-logits layer and the zero-initialised classifier (float32)."""
     if not include_top:
         return tokens  # (B, T, D), like Hugging Face's last_hidden_state
@@ -266,7 +266,7 @@ def build_vit(
     patches = Patches(config.patch_size, name="patches")(images)  # (B, N, P*P*C)
     tokens = _patch_encoder(config, grid, seed)(patches)  # (B, 1+N, D)
     tokens = _encoder(tokens, config, seed)  # (B, 1+N, D)
-    outputs = _head(tokens, config, num_classes, include_top, classifier_activation, seed)
+    outputs = _head(tokens, config, num_classes, include_top, classifier_activation)
     if name is None:
         name = "vit_" + (preset_or_config if isinstance(preset_or_config, str) else "custom")
     return keras.Model(images, outputs, name=re.sub(r"[^A-Za-z0-9_.-]", "_", name))
@@ -404,7 +404,7 @@ def build_hybrid_vit(
     patches = Patches(1, name="patches")(x)  # (B, N, C'), N = HW / s^2
     tokens = _patch_encoder(config, (height // stride, width // stride), seed)(patches)  # (B, 1+N, D)
     tokens = _encoder(tokens, config, seed)  # (B, 1+N, D)
-    outputs = _head(tokens, config, num_classes, include_top, classifier_activation, seed)
+    outputs = _head(tokens, config, num_classes, include_top, classifier_activation)
     return keras.Model(images, outputs, name=name)
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vitkeras import data, experiments
@@ -103,6 +104,8 @@ def test_cli_data_efficiency_end_to_end(tmp_path):
         (["data-efficiency", "--dataset", "mnist"], "unknown dataset 'mnist'"),
         (["train", "--recipe", "fast"], "unknown recipe 'fast'"),
         (["data-efficiency", "--dataset", "folder:/nonexistent/photos", "--sizes", "1"], "does not exist"),
+        (["finetune", "--checkpoint", "./no/such/checkpoint"], "No checkpoint directory './no/such/checkpoint'"),
+        (["finetune", "--checkpoint", "x", "--learning-rate", "-1"], "expected a positive number, got -1.0"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code_2(args, message):
@@ -123,3 +126,44 @@ def test_precision_is_applied_recorded_and_restored(tmp_path):
     assert keras.config.dtype_policy().name == "float32"  # restored
     with pytest.raises(ValueError, match=r"precision must be one of .* got 'half'"):
         experiments.data_efficiency(out=tmp_path / "x", precision="half", **TINY)
+
+
+def _colour_folder(root, per_class=24):
+    """cats are reddish, dogs bluish: separable by any reasonable features."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, colour in (("cats", (200, 40, 40)), ("dogs", (40, 40, 200))):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(colour, 30, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return f"folder:{root}"
+
+
+def test_finetune_learns_a_separable_folder_and_writes_its_result(tmp_path):
+    from vitkeras.pretrained import save_random_checkpoint
+
+    checkpoint = save_random_checkpoint(tmp_path / "ckpt", "vit", hidden_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8)
+    dataset = _colour_folder(tmp_path / "images")
+    result = experiments.finetune(checkpoint, dataset, epochs=4, batch_size=8, learning_rate=0.1,
+                                  out=tmp_path / "run", verbose=0, log=lambda *a: None)
+    stored = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert stored["test_accuracy"] == result["test_accuracy"] >= 0.8
+    assert stored["image_size"] == 16 and stored["trainable_parameters"] == stored["parameters"]
+    assert len(stored["history"]["loss"]) == 4 and stored["history"]["loss"][-1] < stored["history"]["loss"][0]
+
+
+def test_cli_finetune_linear_probe_trains_only_the_head(tmp_path):
+    from vitkeras.pretrained import save_random_checkpoint
+
+    checkpoint = save_random_checkpoint(tmp_path / "ckpt", "dinov2", hidden_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=28, patch_size=14)
+    dataset = _colour_folder(tmp_path / "images", per_class=8)
+    result = run_cli("finetune", "--checkpoint", str(checkpoint), "--dataset", dataset, "--linear-probe",
+                     "--image-size", "14", "--batch-size", "4", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    stored = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert stored["linear_probe"] and stored["image_size"] == 14 and stored["model_type"] == "dinov2"
+    assert stored["trainable_parameters"] == 16 * 2 + 2  # the new D x K head and its bias

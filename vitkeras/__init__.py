@@ -1,7 +1,7 @@
 """vitkeras: the Vision Transformer, layer by layer, in Keras 3.
 
 Importing vitkeras loads Keras and the layers only; matplotlib,
-tensorflow_datasets and huggingface_hub load when a function needs them.
+tensorflow_datasets, safetensors and huggingface_hub load when a function needs them.
 
 >>> import vitkeras
 >>> vitkeras.build_vit("Nano/4", image_size=32, num_classes=10).count_params()
@@ -10,6 +10,7 @@ tensorflow_datasets and huggingface_hub load when a function needs them.
 
 from vitkeras import layers
 from vitkeras.layers import Patches, PatchEncoder, TokenPooling, TransformerBlock, unpatchify
+from vitkeras.pretrained import load_pretrained
 from vitkeras.models import PRESETS, ViTConfig, build_cnn, build_hybrid_vit, build_vit, get_config, with_intermediates
 
 __version__ = "0.1.0"
@@ -38,4 +39,5 @@ __all__ = [
     "build_cnn",
     "build_hybrid_vit",
     "with_intermediates",
+    "load_pretrained",
 ]

@@ -90,6 +90,39 @@ def _train(args):
     return 0
 
 
+def _finetune(args):
+    from vitkeras import experiments
+
+    experiments.finetune(
+        checkpoint=args.checkpoint,
+        dataset=args.dataset,
+        image_size=args.image_size,
+        linear_probe=args.linear_probe,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        out=args.out,
+        seed=args.seed,
+        verbose="auto" if args.verbose else 2,
+        precision=args.precision,
+    )
+    return 0
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -191,6 +224,32 @@ def make_parser():
     train.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto (float32 on CPU, mixed on GPU/TPU) or a Keras dtype policy")
     train.set_defaults(run=_train)
+
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune a pretrained ViT / DINOv2 checkpoint and report its test accuracy",
+        description="Loads a Hugging Face checkpoint (directory or Hub id) into a vitkeras ViT, replaces its head "
+        "with a zero-initialised one, fine-tunes it (SGD, momentum 0.9, cosine schedule) and writes "
+        "OUT/result.json. Rerun to resume an interrupted run.",
+    )
+    finetune.add_argument("--checkpoint", required=True,
+                          help="checkpoint directory or Hub id, e.g. google/vit-base-patch16-224-in21k, facebook/dinov2-small")
+    finetune.add_argument("--dataset", type=_dataset_name, default="cats_vs_dogs", help="cats_vs_dogs (default), cifar10, folder:PATH, ...")
+    finetune.add_argument("--linear-probe", action="store_true", help="train only the new head")
+    finetune.add_argument("--image-size", type=_positive_int, default=None, help="resolution (default: the checkpoint's)")
+    finetune.add_argument("--epochs", type=_positive_int, default=1, help="epochs (default 1)")
+    finetune.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default 64)")
+    finetune.add_argument("--learning-rate", type=_positive_float, default=None, help="peak learning rate (default 0.01)")
+    finetune.add_argument("--train-size", type=_positive_int, default=None, help="use only this many training images")
+    finetune.add_argument("--test-size", type=_positive_int, default=None, help="use only this many test images")
+    finetune.add_argument("--data-dir", default=None, help="tensorflow-datasets folder with a local copy")
+    finetune.add_argument("--cache-dir", default=None, help="Hugging Face download cache (default ~/.cache/huggingface)")
+    finetune.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    finetune.add_argument("--out", default="runs/finetune", help="output folder; rerun to resume (default runs/finetune)")
+    finetune.add_argument("--verbose", action="store_true", help="show a progress bar")
+    finetune.add_argument("--precision", choices=PRECISIONS, default="auto",
+                          help="auto (float32 on CPU, mixed on GPU/TPU) or a Keras dtype policy")
+    finetune.set_defaults(run=_finetune)
     return parser
 
 

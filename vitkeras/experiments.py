@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from vitkeras import data as vdata
-from vitkeras import models, training
+from vitkeras import models, pretrained, training
 
 __all__ = [
     "MODELS",
@@ -33,6 +33,7 @@ __all__ = [
     "data_efficiency",
     "plot_data_efficiency",
     "train",
+    "finetune",
     "machine_description",
 ]
 
@@ -365,4 +366,97 @@ def _train(model_kind, dataset, vit_preset, epochs, recipe, image_size, data_dir
     }
     training.write_json_atomic(out / "result.json", result)
     log(f"test accuracy {accuracy:.4f} after {run_epochs} epochs ({seconds:.0f} s); wrote {out / 'result.json'}")
+    return result
+
+
+def finetune(
+    checkpoint,
+    dataset="cats_vs_dogs",
+    image_size=None,
+    linear_probe=False,
+    epochs=1,
+    batch_size=None,
+    learning_rate=None,
+    train_size=None,
+    test_size=None,
+    data_dir=None,
+    cache_dir=None,
+    out="runs/finetune",
+    seed=0,
+    verbose="auto",
+    log=print,
+    precision="auto",
+):
+    """Fine-tunes a pretrained checkpoint on a dataset and reports test accuracy (paper section 3.2).
+
+    The checkpoint's head is replaced by a zero-initialised K-class head; with
+    `linear_probe` only that head trains. Images stream from `vitkeras.data.load`,
+    resized to the checkpoint's resolution (or `image_size`), and are fed in
+    [0, 255]: the model applies the checkpoint's own normalisation. Writes
+    `out/history.json` (resumable) and `out/result.json`.
+
+    Args:
+        checkpoint: local checkpoint directory or Hub id (see `vitkeras.load_pretrained`).
+        dataset: "cats_vs_dogs", "cifar10", "cifar100", "folder:PATH", ... (see `vitkeras.data.load`).
+        image_size: fine-tuning resolution; None uses the checkpoint's.
+        linear_probe: train the head only.
+        epochs: passes over the training split.
+        batch_size, learning_rate: override the "finetune" recipe (SGD, momentum 0.9, batch 64, lr 0.01).
+        train_size, test_size: use only the first examples of each split (quick runs).
+        data_dir, cache_dir: tensorflow-datasets and Hugging Face download folders.
+        out, seed, verbose, log, precision: as in `train`.
+
+    Returns:
+        The result dict written to `out/result.json`.
+    """
+    with _Precision(precision) as policy:
+        directory = pretrained.resolve_checkpoint(checkpoint, cache_dir)
+        info = pretrained.read_pretrained_info(directory)
+        size = int(image_size or info.image_size[0])
+        splits = {}
+        for split, limit in (("train", train_size), ("test", test_size)):
+            stream, split_info = vdata.load(dataset, split, image_size=size, data_dir=data_dir)
+            count = split_info.num_examples if limit is None else min(int(limit), split_info.num_examples)
+            splits[split] = (stream.take(count), count, split_info)
+        (train_stream, train_count, train_info), (test_stream, test_count, _) = splits["train"], splits["test"]
+        recipe = training.get_recipe("finetune", batch_size=batch_size, learning_rate=learning_rate)
+        batch = min(recipe.batch_size, train_count)
+        steps_per_epoch = max(1, train_count // batch)
+        model = pretrained.load_pretrained(
+            directory, image_size=size, num_classes=train_info.num_classes, linear_probe=linear_probe, seed=seed
+        )
+        trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+        log(f"fine-tuning {info.model_type} from {checkpoint} ({model.count_params():,} parameters, {trainable:,} trainable) "
+            f"on {dataset} at {size}x{size}: {train_count} training images, {steps_per_epoch} steps per epoch")
+        train_batches = vdata.make_pipeline(
+            train_stream, batch, train_info.num_classes, training=True, augmentation=recipe.augmentation,
+            rescale=1.0, seed=seed, repeat=True,
+        )
+        test_batches = vdata.make_pipeline(test_stream, batch, train_info.num_classes, rescale=1.0)
+        training.compile_model(model, recipe, total_steps=epochs * steps_per_epoch)
+        start = time.perf_counter()
+        history = training.fit(model, train_batches, epochs, steps_per_epoch, out_dir=Path(out), verbose=verbose)
+        seconds = time.perf_counter() - start
+        accuracy = float(model.evaluate(test_batches, verbose=0, return_dict=True)["accuracy"])
+    result = {
+        "checkpoint": str(checkpoint),
+        "model_type": info.model_type,
+        "dataset": dataset,
+        "image_size": size,
+        "linear_probe": bool(linear_probe),
+        "train_size": train_count,
+        "test_size": test_count,
+        "test_accuracy": accuracy,
+        "epochs": int(epochs),
+        "seconds": round(seconds, 2),
+        "seconds_per_epoch": round(seconds / max(int(epochs), 1), 2),
+        "parameters": model.count_params(),
+        "trainable_parameters": trainable,
+        "recipe": dataclasses.asdict(recipe),
+        "precision": policy,
+        "machine": machine_description(),
+        "history": history,
+    }
+    training.write_json_atomic(Path(out) / "result.json", result)
+    log(f"test accuracy {accuracy:.4f} after {epochs} epoch(s) ({seconds:.0f} s); wrote {Path(out) / 'result.json'}")
     return result

@@ -230,6 +230,7 @@ def build_vit(
     classifier_activation=None,
     seed=None,
     name=None,
+    preprocessing=None,
     **overrides,
 ):
     """The Vision Transformer (paper Figure 1) as a functional `keras.Model`.
@@ -248,6 +249,8 @@ def build_vit(
         classifier_activation: activation of the head, None for logits.
         seed: one seed for initialisers, dropout and drop-path.
         name: model name; defaults to "vit_<preset>".
+        preprocessing: optional Keras layer applied to the images first, e.g. the
+            `Rescaling` a pretrained checkpoint expects (`vitkeras.load_pretrained` sets it).
         **overrides: any `ViTConfig` field, e.g. `dropout=0.1, drop_path=0.1`.
 
     Example:
@@ -263,7 +266,8 @@ def build_vit(
         keras.utils.set_random_seed(seed)
 
     images = keras.Input((height, width, channels), name="images")  # (B, H, W, C)
-    patches = Patches(config.patch_size, name="patches")(images)  # (B, N, P*P*C)
+    x = images if preprocessing is None else preprocessing(images)  # (B, H, W, C)
+    patches = Patches(config.patch_size, name="patches")(x)  # (B, N, P*P*C)
     tokens = _patch_encoder(config, grid, seed)(patches)  # (B, 1+N, D)
     tokens = _encoder(tokens, config, seed)  # (B, 1+N, D)
     outputs = _head(tokens, config, num_classes, include_top, classifier_activation)

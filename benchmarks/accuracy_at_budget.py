@@ -28,30 +28,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from keras_example import build_keras_example_vit  # noqa: E402
 
 import vitkeras  # noqa: E402
 from vitkeras import data, experiments, training  # noqa: E402
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stops training once `seconds` of training time are spent (checked after every batch)."""
-
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-        self.steps = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if time.perf_counter() - self.start >= self.seconds:
-            self.model.stop_training = True
+from vitkeras.keras_example import build_keras_example_vit  # noqa: E402
+from vitkeras.training import TimeBudget  # noqa: E402
 
 
 def _build(name, train_arrays, num_classes, seed):

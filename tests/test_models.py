@@ -202,3 +202,21 @@ def test_cnn_width_knob_and_hybrid_grid():
         vitkeras.build_hybrid_vit("Nano/4", image_size=30, stem_stages=3)
     with pytest.raises(ValueError, match=r"width must be a positive integer, got 0"):
         vitkeras.build_cnn(32, 10, width=0)
+
+
+def test_keras_example_reference_puts_97_percent_in_its_flatten_head(tmp_path):
+    from vitkeras.keras_example import build_keras_example_vit, head_parameter_share
+
+    model = build_keras_example_vit(input_size=32, num_classes=10)
+    # Flatten of 144 tokens x 64 feeds Dense(2048): 144*64*2048 + 2048 weights, then 2048->1024 and 1024->10.
+    head = (144 * 64 * 2048 + 2048) + (2048 * 1024 + 1024) + (1024 * 10 + 10)
+    assert head_parameter_share(model) == pytest.approx(head / model.count_params())
+    assert head_parameter_share(model) > 0.96
+    with pytest.raises(ValueError, match="has no Flatten layer"):
+        head_parameter_share(vitkeras.build_vit("Nano/4", 32, 10))
+    path = tmp_path / "example.keras"
+    model.save(path)
+    images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    reloaded = keras.saving.load_model(path)
+    # training=False: the example's in-model augmentation layers augment on a plain call.
+    np.testing.assert_allclose(to_numpy(reloaded(images, training=False)), to_numpy(model(images, training=False)), atol=1e-5)

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -35,6 +36,7 @@ __all__ = [
     "fit",
     "data_parallel",
     "write_json_atomic",
+    "TimeBudget",
 ]
 
 
@@ -302,6 +304,32 @@ def fit(
     records = json.loads(history_path.read_text())
     keys = [k for k in records[0] if k != "epoch"] if records else []
     return {"epoch": [r["epoch"] for r in records], **{k: [r.get(k, math.nan) for r in records] for k in keys}}
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training once `seconds` of training time are spent (checked after every batch).
+
+    For comparisons "at the same budget": `steps` counts the batches trained.
+
+    Example:
+    >>> budget = TimeBudget(seconds=60)
+    >>> budget.seconds
+    60
+    """
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+        self.steps = 0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if time.perf_counter() - self.start >= self.seconds:
+            self.model.stop_training = True
 
 
 # --------------------------------------------------------------------------- #

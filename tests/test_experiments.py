@@ -62,6 +62,12 @@ def test_rerun_with_other_settings_refuses_to_mix_results(tmp_path):
     experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4,)})
     with pytest.raises(ValueError, match=r"holds results of other settings.*another --out"):
         experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (5,)})
+    # A modified recipe keeps its name but is another setting too.
+    from vitkeras import training
+
+    strong = training.get_recipe("scratch", augmentation="strong")
+    with pytest.raises(ValueError, match=r"holds results of other settings"):
+        experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4,), "recipe": strong})
 
 
 def test_sizes_larger_than_the_pool_are_rejected(tmp_path):
@@ -153,6 +159,10 @@ def test_finetune_learns_a_separable_folder_and_writes_its_result(tmp_path):
     assert stored["test_accuracy"] == result["test_accuracy"] >= 0.8
     assert stored["image_size"] == 16 and stored["trainable_parameters"] == stored["parameters"]
     assert len(stored["history"]["loss"]) == 4 and stored["history"]["loss"][-1] < stored["history"]["loss"][0]
+    import keras
+
+    reloaded = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert reloaded.layers[1].name == "preprocessing" and reloaded.output_shape == (None, 2)
 
 
 def test_cli_finetune_linear_probe_trains_only_the_head(tmp_path):

@@ -220,3 +220,23 @@ def test_keras_example_reference_puts_97_percent_in_its_flatten_head(tmp_path):
     reloaded = keras.saving.load_model(path)
     # training=False: the example's in-model augmentation layers augment on a plain call.
     np.testing.assert_allclose(to_numpy(reloaded(images, training=False)), to_numpy(model(images, training=False)), atol=1e-5)
+
+
+def test_parameter_breakdown_matches_the_formula_and_sums_to_the_total():
+    from vitkeras.models import parameter_breakdown
+
+    D, L, mlp, N, K = 64, 4, 128, 64, 10  # Nano/4 at 32x32
+    model = vitkeras.build_vit("Nano/4", image_size=32, num_classes=K, layer_scale=0.1)
+    parts = parameter_breakdown(model)
+    assert parts["patch embedding E"] == 4 * 4 * 3 * D + D
+    assert parts["class token and E_pos"] == D + (N + 1) * D
+    assert parts["attention (MSA)"] == L * 4 * (D * D + D)
+    assert parts["MLP"] == L * (D * mlp + mlp + mlp * D + D)
+    assert parts["LayerNorm and LayerScale"] == L * (2 * 2 * D + 2 * D) + 2 * D
+    assert parts["head"] == D * K + K and parts["convolutional stem"] == 0
+    assert sum(parts.values()) == model.count_params()
+    hybrid = vitkeras.build_hybrid_vit("Nano/1", image_size=16, num_classes=2, stem_width=8, stem_stages=1)
+    hybrid_parts = parameter_breakdown(hybrid)
+    assert hybrid_parts["convolutional stem"] > 0 and sum(hybrid_parts.values()) == hybrid.count_params()
+    with pytest.raises(ValueError, match="is not part of a vitkeras ViT"):
+        parameter_breakdown(vitkeras.build_cnn(16, 2, width=8))

@@ -276,3 +276,20 @@ def test_hub_download_is_requested_with_the_needed_files(monkeypatch, vit_checkp
     assert model.output_shape == (None, 17, 32)
     assert calls[0][0] == "someone/tiny-vit" and calls[0][2] == "/tmp/cache"
     assert {"config.json", "model*.safetensors", "preprocessor_config.json"} <= set(calls[0][1])
+
+
+@pytest.mark.parametrize(
+    "preprocessor,size,mean",
+    [
+        ({"do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": 48}, (48, 48), (0.5,) * 3),
+        ({"do_center_crop": True, "crop_size": {"height": 40, "width": 40}, "size": {"shortest_edge": 48},
+          "image_mean": [0.1, 0.2, 0.3], "image_std": [1, 1, 1]}, (40, 40), (0.1, 0.2, 0.3)),
+        (None, (32, 32), (0.5,) * 3),  # no preprocessor_config.json: the family's defaults, config's image size
+    ],
+)
+def test_preprocessor_config_formats_old_and_new(vit_checkpoint, tmp_path, preprocessor, size, mean):
+    target = _copy_checkpoint(vit_checkpoint[0], tmp_path / "pre")
+    if preprocessor is not None:
+        (target / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    info = pretrained.read_pretrained_info(target)
+    assert info.image_size == size and info.mean == mean and info.grid_size == (4, 4)

@@ -11,7 +11,16 @@ tensorflow_datasets, safetensors and huggingface_hub load when a function needs 
 from vitkeras import layers
 from vitkeras.layers import Patches, PatchEncoder, TokenPooling, TransformerBlock, unpatchify
 from vitkeras.pretrained import load_pretrained
-from vitkeras.models import PRESETS, ViTConfig, build_cnn, build_hybrid_vit, build_vit, get_config, with_intermediates
+from vitkeras.models import (
+    PRESETS,
+    ViTConfig,
+    build_cnn,
+    build_hybrid_vit,
+    build_vit,
+    get_config,
+    parameter_breakdown,
+    with_intermediates,
+)
 
 __version__ = "0.1.0"
 
@@ -39,5 +48,6 @@ __all__ = [
     "build_cnn",
     "build_hybrid_vit",
     "with_intermediates",
+    "parameter_breakdown",
     "load_pretrained",
 ]

@@ -49,26 +49,9 @@ def _data_efficiency(args):
         verbose=args.verbose,
         precision=args.precision,
     )
-    print(_table(summary))
+    print(experiments.summary_table(summary))
     print(f"wrote {args.out}/results.json and {args.out}/data_efficiency.png")
     return 0
-
-
-def _table(summary):
-    """Test accuracy per model (columns) and training size (rows), mean over seeds."""
-    results = summary["results"]
-    kinds = [k for k in ("vit", "cnn", "hybrid") if any(r["model"] == k for r in results)]
-    lines = ["train size | " + " | ".join(f"{k:>6}" for k in kinds) + (" | cnn - vit" if {"vit", "cnn"} <= set(kinds) else "")]
-    for size in sorted({r["train_size"] for r in results}):
-        means = {}
-        for kind in kinds:
-            values = [r["test_accuracy"] for r in results if r["model"] == kind and r["train_size"] == size]
-            means[kind] = sum(values) / len(values) if values else float("nan")
-        row = f"{size:>10} | " + " | ".join(f"{means[k]:6.3f}" for k in kinds)
-        if {"vit", "cnn"} <= set(kinds):
-            row += f" | {100 * (means['cnn'] - means['vit']):+6.1f} pts"
-        lines.append(row)
-    return "\n".join(lines)
 
 
 def _train(args):

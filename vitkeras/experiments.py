@@ -32,6 +32,7 @@ __all__ = [
     "train_and_evaluate",
     "data_efficiency",
     "plot_data_efficiency",
+    "summary_table",
     "train",
     "finetune",
     "machine_description",
@@ -179,7 +180,8 @@ def data_efficiency(
         seeds: one run per seed for every size and model (subset, init and augmentation).
         model_kinds: any of "vit", "cnn", "hybrid".
         vit_preset: ViT preset; the CNN's width is matched to its parameter count unless `cnn_width`.
-        recipe: training recipe name (see `vitkeras.training.RECIPES`).
+        recipe: training recipe name (see `vitkeras.training.RECIPES`) or a `Recipe`,
+            e.g. `training.get_recipe("scratch", augmentation="strong")`.
         min_steps: at least this many optimizer steps per run (small subsets get more epochs,
             the same for every model).
         batch_size: training batch size (None: the recipe's).
@@ -223,7 +225,10 @@ def _data_efficiency(
     recipe_obj = training.get_recipe(recipe)
     key = dict(
         dataset=dataset, sizes=sizes, epochs=epochs, models=list(model_kinds), vit_preset=vit_preset,
-        cnn_width=cnn_width, recipe=recipe_obj.name, min_steps=min_steps, batch_size=batch_size, image_size=size_px,
+        cnn_width=cnn_width,
+        # A named recipe by name (keeps existing results files valid); a modified one by all its fields.
+        recipe=recipe_obj.name if recipe_obj == training.RECIPES.get(recipe_obj.name) else dataclasses.asdict(recipe_obj),
+        min_steps=min_steps, batch_size=batch_size, image_size=size_px,
     )
     settings = {
         "key": json.dumps(key, sort_keys=True),
@@ -271,6 +276,31 @@ def _data_efficiency(
     summary = {"settings": settings, "results": results}
     plot_data_efficiency(summary, out / "data_efficiency.png")
     return summary
+
+
+def summary_table(summary):
+    """Test accuracy per model (columns) and training size (rows), mean over seeds, as text.
+
+    Example:
+    >>> print(summary_table({"results": [{"model": "vit", "train_size": 60, "test_accuracy": 0.5},
+    ...                                  {"model": "cnn", "train_size": 60, "test_accuracy": 0.75}]}))
+    train size |    vit |    cnn | cnn - vit
+            60 |  0.500 |  0.750 |  +25.0 pts
+    """
+    results = summary["results"]
+    kinds = [k for k in MODELS if any(r["model"] == k for r in results)]
+    both = {"vit", "cnn"} <= set(kinds)
+    lines = ["train size | " + " | ".join(f"{k:>6}" for k in kinds) + (" | cnn - vit" if both else "")]
+    for size in sorted({r["train_size"] for r in results}):
+        means = {}
+        for kind in kinds:
+            values = [r["test_accuracy"] for r in results if r["model"] == kind and r["train_size"] == size]
+            means[kind] = sum(values) / len(values) if values else float("nan")
+        row = f"{size:>10} | " + " | ".join(f"{means[k]:6.3f}" for k in kinds)
+        if both:
+            row += f" | {100 * (means['cnn'] - means['vit']):+6.1f} pts"
+        lines.append(row)
+    return "\n".join(lines)
 
 
 def plot_data_efficiency(summary, path=None):
@@ -328,23 +358,26 @@ def train(
     verbose="auto",
     log=print,
     precision="auto",
+    cnn_width=None,
     **vit_overrides,
 ):
     """Trains one model on a dataset's train split and reports test accuracy.
 
     Writes `out/history.json` (resumable: rerun after an interruption to continue)
-    and `out/result.json`. `precision` as in `data_efficiency`.
+    and `out/result.json`. `precision` as in `data_efficiency`; `cnn_width` as in
+    `build_model` (None: matched to the ViT preset's parameter count).
     """
     with _Precision(precision) as policy:
         return _train(model_kind, dataset, vit_preset, epochs, recipe, image_size, data_dir, Path(out), seed,
-                      verbose, log, policy, vit_overrides)
+                      verbose, log, policy, cnn_width, vit_overrides)
 
 
 def _train(model_kind, dataset, vit_preset, epochs, recipe, image_size, data_dir, out, seed, verbose, log, policy,
-           vit_overrides):
+           cnn_width, vit_overrides):
     train_data = vdata.load_arrays(dataset, "train", image_size=image_size, data_dir=data_dir)
     test = vdata.load_arrays(dataset, "test", image_size=image_size, data_dir=data_dir)
-    model = build_model(model_kind, train_data.images.shape[1], train_data.num_classes, vit_preset, seed=seed, **vit_overrides)
+    model = build_model(model_kind, train_data.images.shape[1], train_data.num_classes, vit_preset, cnn_width=cnn_width,
+                        seed=seed, **vit_overrides)
     log(f"training {model.name} ({model.count_params():,} parameters) on {dataset}: {len(train_data)} images")
     accuracy, run_epochs, seconds, history = train_and_evaluate(
         model, train_data, test, recipe, epochs, seed=seed, out_dir=out, verbose=verbose
@@ -393,7 +426,8 @@ def finetune(
     `linear_probe` only that head trains. Images stream from `vitkeras.data.load`,
     resized to the checkpoint's resolution (or `image_size`), and are fed in
     [0, 255]: the model applies the checkpoint's own normalisation. Writes
-    `out/history.json` (resumable) and `out/result.json`.
+    `out/history.json` (resumable), `out/result.json` and the fine-tuned model
+    `out/model.keras` (reloads with `keras.saving.load_model` after `import vitkeras`).
 
     Args:
         checkpoint: local checkpoint directory or Hub id (see `vitkeras.load_pretrained`).
@@ -438,6 +472,7 @@ def finetune(
         history = training.fit(model, train_batches, epochs, steps_per_epoch, out_dir=Path(out), verbose=verbose)
         seconds = time.perf_counter() - start
         accuracy = float(model.evaluate(test_batches, verbose=0, return_dict=True)["accuracy"])
+        model.save(Path(out) / "model.keras")
     result = {
         "checkpoint": str(checkpoint),
         "model_type": info.model_type,

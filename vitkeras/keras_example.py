@@ -86,9 +86,20 @@ def _mlp(x, units, dropout):
 def build_keras_example_vit(
     input_size=32, num_classes=10, normalization=None, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
     projection_dim=PROJECTION_DIM, num_heads=NUM_HEADS, transformer_layers=TRANSFORMER_LAYERS,
-    head_units=HEAD_UNITS, augment=True,
+    head_units=HEAD_UNITS, augment=True, key_dim=None, mlp_dim=None,
 ):
-    """The example's model. `normalization`: an adapted keras.layers.Normalization (or None to skip)."""
+    """The example's model, or its layer layout at another configuration.
+
+    Args:
+        input_size, num_classes: image side and K.
+        normalization: an adapted keras.layers.Normalization (None: skipped).
+        image_size: the side images are resized to inside the model (72 in the example).
+        patch_size, projection_dim, num_heads, transformer_layers: P, D, h, L.
+        head_units: the MLP after Flatten ([2048, 1024] in the example; [] for Flatten -> Dense(K)).
+        augment: the example's in-model augmentation.
+        key_dim: width of each head (None: D, as the example; D // h is the paper's).
+        mlp_dim: hidden width of the blocks' MLP (None: 2 * D, as the example).
+    """
     inputs = keras.Input((input_size, input_size, 3))
     x = inputs
     if augment:
@@ -105,10 +116,10 @@ def build_keras_example_vit(
     x = ExamplePatchEncoder(num_patches, projection_dim)(x)
     for _ in range(transformer_layers):
         y = layers.LayerNormalization(epsilon=1e-6)(x)
-        y = layers.MultiHeadAttention(num_heads=num_heads, key_dim=projection_dim, dropout=0.1)(y, y)
+        y = layers.MultiHeadAttention(num_heads=num_heads, key_dim=key_dim or projection_dim, dropout=0.1)(y, y)
         x2 = layers.Add()([y, x])
         y = layers.LayerNormalization(epsilon=1e-6)(x2)
-        y = _mlp(y, [projection_dim * 2, projection_dim], dropout=0.1)
+        y = _mlp(y, [mlp_dim or projection_dim * 2, projection_dim], dropout=0.1)
         x = layers.Add()([y, x2])
     x = layers.LayerNormalization(epsilon=1e-6)(x)
     x = layers.Flatten()(x)

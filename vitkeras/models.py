@@ -413,6 +413,64 @@ def build_hybrid_vit(
 
 
 # --------------------------------------------------------------------------- #
+# Where the parameters are
+# --------------------------------------------------------------------------- #
+PARAMETER_PARTS = (
+    "convolutional stem",
+    "patch embedding E",
+    "class token and E_pos",
+    "attention (MSA)",
+    "MLP",
+    "LayerNorm and LayerScale",
+    "head",
+)
+
+
+def _part_of(path):
+    top, _, rest = path.partition("/")
+    if top == "patch_encoder":
+        return "patch embedding E" if rest.startswith("projection") else "class token and E_pos"
+    if top.startswith("encoder_block_"):
+        sub = rest.split("/")[0]
+        if sub in ("query", "key", "value", "attention_output"):
+            return "attention (MSA)"
+        if sub in ("mlp_hidden", "mlp_output"):
+            return "MLP"
+        return "LayerNorm and LayerScale"
+    if top == "encoder_norm":
+        return "LayerNorm and LayerScale"
+    if top in ("head", "pre_logits"):
+        return "head"
+    if top.startswith("stem"):
+        return "convolutional stem"
+    return None
+
+
+def parameter_breakdown(model):
+    """Parameters of a vitkeras ViT by part of the paper's Figure 1.
+
+    Args:
+        model: from `build_vit`, `build_hybrid_vit` or `load_pretrained`.
+
+    Returns:
+        dict {part: number of parameters} over `PARAMETER_PARTS` (parts a model
+        lacks are 0); the values sum to `model.count_params()`.
+
+    Example:
+    >>> parts = parameter_breakdown(build_vit("Nano/4", image_size=32, num_classes=10))
+    >>> parts["patch embedding E"], parts["head"]  # 4*4*3*64 + 64; 64*10 + 10
+    (3136, 650)
+    """
+    parts = dict.fromkeys(PARAMETER_PARTS, 0)
+    for weight in model.weights:
+        part = _part_of(weight.path)
+        if part is None:
+            raise ValueError(f"Weight {weight.path!r} of {model.name!r} is not part of a vitkeras ViT.")
+        parts[part] += math.prod(weight.shape)
+    return parts
+
+
+# --------------------------------------------------------------------------- #
 # Inspection
 # --------------------------------------------------------------------------- #
 class _BlockWithAttention(keras.layers.Layer):

@@ -256,6 +256,8 @@ def read_pretrained_info(directory):
         expected_size = (crop["height"], crop["width"])
     elif isinstance(crop, dict) and "shortest_edge" in crop:
         expected_size = (crop["shortest_edge"],) * 2
+    elif isinstance(crop, int):  # older preprocessor configs: "size": 224
+        expected_size = (crop, crop)
     else:
         expected_size = (defaults.get("image_size", image_size),) * 2
     normalize = pre.get("do_normalize", True)

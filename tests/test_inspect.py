@@ -93,6 +93,16 @@ def test_sincos_similarity_peaks_at_each_patch_own_position():
             assert similarity[i, j, i, j] == pytest.approx(1.0)
 
 
+def test_locality_separates_grid_embeddings_from_random_ones():
+    grid = (6, 6)
+    sincos = inspect.position_embedding_similarity(sincos2d_position_embedding(grid, 64), grid, 0)
+    assert inspect.position_embedding_locality(sincos) == 1.0
+    random = np.random.default_rng(0).normal(size=(36, 64))
+    assert inspect.position_embedding_locality(inspect.position_embedding_similarity(random, grid, 0)) < 0.5
+    shuffled = sincos2d_position_embedding(grid, 64)[np.random.default_rng(1).permutation(36)]  # grid scrambled
+    assert inspect.position_embedding_locality(inspect.position_embedding_similarity(shuffled, grid, 0)) < 0.5
+
+
 def test_similarity_from_a_model_and_its_errors():
     model = build_vit("Nano/4", image_size=16, num_classes=2, position_embedding="sincos2d")
     similarity = inspect.position_embedding_similarity(model)

@@ -12,7 +12,8 @@ implementation of the forward pass.
 - `mean_attention_distance`: per layer and head, the average image distance in
   pixels across which attention integrates information (Figure 7, right).
 - `position_embedding_similarity`: cosine similarity of each learned position
-  embedding with all others (Figure 7, centre).
+  embedding with all others (Figure 7, centre); `position_embedding_locality`
+  summarises it in one number.
 - `embedding_filter_components`: principal components of the patch-embedding
   filters E, as images (Figure 7, left).
 The `plot_*` functions return matplotlib figures (matplotlib loads only then).
@@ -224,6 +225,32 @@ def position_embedding_similarity(model_or_embedding, grid_size=None, num_prefix
     grid = embedding[num_prefix_tokens:]  # (N, D)
     unit = grid / np.maximum(np.linalg.norm(grid, axis=-1, keepdims=True), 1e-12)
     return (unit @ unit.T).reshape(rows, cols, rows, cols)  # (rows, cols, rows, cols)
+
+
+def position_embedding_locality(similarity):
+    """Fraction of patch positions whose most similar *other* position is one of their 8 neighbours.
+
+    A summary of Figure 7 (centre): 1.0 when the embeddings encode the 2D grid
+    locally, about 8 / (N - 1) for embeddings that know nothing of it.
+
+    Args:
+        similarity: (rows, cols, rows, cols) from `position_embedding_similarity`.
+
+    Example:
+    >>> from vitkeras.layers import sincos2d_position_embedding
+    >>> position_embedding_locality(position_embedding_similarity(sincos2d_position_embedding((6, 6), 64), (6, 6), 0))
+    1.0
+    """
+    similarity = np.array(similarity, dtype=np.float64)
+    rows, cols = similarity.shape[:2]
+    hits = 0
+    for i in range(rows):
+        for j in range(cols):
+            others = similarity[i, j].copy()
+            others[i, j] = -np.inf  # itself: always 1
+            r, c = np.unravel_index(others.argmax(), (rows, cols))
+            hits += max(abs(int(r) - i), abs(int(c) - j)) == 1
+    return hits / (rows * cols)
 
 
 def embedding_filter_components(model_or_kernel, num_components=28, patch_size=None, channels=3):

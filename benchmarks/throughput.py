@@ -179,8 +179,24 @@ def _memory_probe(implementation, config_name, batch):
 
         peak = torch.cuda.max_memory_allocated()
     if peak is None:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        peak = _peak_rss()
     print(f"PEAK_BYTES {peak}")
+
+
+def _peak_rss():
+    """This process's peak resident memory in bytes.
+
+    VmHWM (Linux) starts afresh at exec; `ru_maxrss` would not: Linux carries it over
+    from the forking parent, which made every probe report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def benchmark(config_names, implementations, rounds, train_steps, infer_steps, memory=True, log=print):
@@ -237,6 +253,15 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--memory-probe":
         return _memory_probe(*argv[1:4])
+    if argv and argv[0] == "--memory-only":  # re-measure the memory of an existing results file
+        path = Path(argv[1])
+        report = json.loads(path.read_text())
+        for record in report["results"]:
+            if "train_images_per_s" in record:
+                record["peak_memory_bytes"] = peak_memory_of(record["implementation"], record["config"], record["batch"])
+                print(record["config"], record["implementation"], round(record["peak_memory_bytes"] / 2**20), "MiB")
+        path.write_text(json.dumps(report, indent=2))
+        return None
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=["cifar", "S/16"], choices=list(CONFIGS))
     parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)

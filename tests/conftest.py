@@ -9,6 +9,15 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# Orchestration around training (result files, resume, command-line parsing) does not depend on
+# the backend; those tests run under the default backend only, to keep CI within its time budget.
+# Training itself (fit, data_efficiency, finetune, every layer and model) is tested under all three.
+default_backend_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="backend-independent orchestration (files, resume, CLI); run under the default TensorFlow backend",
+)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     keras.config.set_dtype_policy("float32")

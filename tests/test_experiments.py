@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import default_backend_only
 from vitkeras import data, experiments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,7 @@ def test_data_efficiency_writes_records_settings_and_plot(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+@default_backend_only
 def test_interrupted_run_keeps_finished_points_and_resumes(tmp_path, monkeypatch):
     real = experiments.train_and_evaluate
     calls = []
@@ -58,6 +60,7 @@ def test_interrupted_run_keeps_finished_points_and_resumes(tmp_path, monkeypatch
     assert len(finished) == 4 and finished[:2] == kept
 
 
+@default_backend_only
 def test_rerun_with_other_settings_refuses_to_mix_results(tmp_path):
     experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4,)})
     with pytest.raises(ValueError, match=r"holds results of other settings.*another --out"):
@@ -82,6 +85,7 @@ def test_matched_cnn_width_is_close_in_parameters():
     assert abs(build_cnn(16, 6, width=width).count_params() - 140_000) / 140_000 < 0.1
 
 
+@default_backend_only
 def test_train_writes_result_and_history(tmp_path):
     result = experiments.train(
         "cnn", dataset="shapes", epochs=1, out=tmp_path, verbose=0, log=lambda *a: None, image_size=16
@@ -96,6 +100,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "vitkeras", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
+@default_backend_only
 def test_cli_data_efficiency_end_to_end(tmp_path):
     result = run_cli("data-efficiency", "--sizes", "3", "--epochs", "1", "--min-steps", "1", "--batch-size", "6",
                      "--out", str(tmp_path))
@@ -103,6 +108,7 @@ def test_cli_data_efficiency_end_to_end(tmp_path):
     assert "cnn - vit" in result.stdout and (tmp_path / "results.json").exists()
 
 
+@default_backend_only
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -165,6 +171,7 @@ def test_finetune_learns_a_separable_folder_and_writes_its_result(tmp_path):
     assert reloaded.layers[1].name == "preprocessing" and reloaded.output_shape == (None, 2)
 
 
+@default_backend_only
 def test_cli_finetune_linear_probe_trains_only_the_head(tmp_path):
     from vitkeras.pretrained import save_random_checkpoint
 

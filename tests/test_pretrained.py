@@ -245,6 +245,9 @@ def test_missing_files_are_explained(vit_checkpoint, tmp_path):
     (torch_only / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match=r"No model.safetensors .*found: config.json, pytorch_model.bin"):
         load_pretrained(torch_only)
+    (torch_only / "model.safetensors.index.json").write_text("{}")  # a sharded checkpoint without its map
+    with pytest.raises(pretrained.CheckpointError, match="has no \"weight_map\""):
+        load_pretrained(torch_only)
 
 
 def test_failed_download_says_how_to_use_a_local_copy(monkeypatch):

@@ -193,7 +193,10 @@ def read_tensors(directory):
     if os.path.exists(single):
         files = [single]
     elif os.path.exists(index):
-        files = [os.path.join(directory, f) for f in sorted(set(_read_json(index)["weight_map"].values()))]
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} has no \"weight_map\" naming the shard of each tensor.")
+        files = [os.path.join(directory, f) for f in sorted(set(weight_map.values()))]
     else:
         found = ", ".join(sorted(os.listdir(directory))) or "nothing"
         raise FileNotFoundError(

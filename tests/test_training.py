@@ -37,8 +37,12 @@ def test_adamw_decays_kernels_but_not_biases_norms_position_embeddings_or_class_
 def test_keras_example_recipe_decays_every_weight():
     model = vitkeras.build_vit("Nano/4", image_size=8, num_classes=3)
     optimizer = training.make_optimizer("keras_example", 10, model)
-    assert not getattr(optimizer, "_exclude_from_weight_decay", None)
-    assert float(optimizer.weight_decay) == pytest.approx(1e-4)
+    variables = model.trainable_variables
+    for v in variables:
+        v.assign(np.ones(v.shape, "float32"))
+    optimizer.apply_gradients([(keras.ops.zeros(v.shape), v) for v in variables])
+    for v in variables:  # decoupled decay alone: w <- w - lr * wd * w, biases and norms included
+        np.testing.assert_allclose(to_numpy(v), 1.0 - 1e-3 * 1e-4, rtol=1e-6, err_msg=v.path)
 
 
 def test_warmup_then_cosine_schedule():
@@ -53,12 +57,54 @@ def test_warmup_then_cosine_schedule():
     assert lr[4] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_finetune_recipe_is_the_papers_sgd():
-    optimizer = training.make_optimizer("finetune", 100)
+def test_paper_sgd_recipe_is_the_papers_sgd_at_its_batch_size():
+    optimizer = training.make_optimizer("paper_sgd", 100)
     assert isinstance(optimizer, keras.optimizers.SGD)
     assert optimizer.momentum == pytest.approx(0.9) and optimizer.global_clipnorm == pytest.approx(1.0)
-    with pytest.raises(ValueError, match=r"Unknown recipe 'adam'; known: \['scratch', 'finetune', 'keras_example'\]"):
+    assert training.get_recipe("paper_sgd").batch_size == 512
+    with pytest.raises(ValueError, match=r"Unknown recipe 'adam'; known: \['scratch', 'keras_example', 'lp_ft', "):
         training.get_recipe("adam")
+    with pytest.raises(ValueError, match=r"Unknown recipe field\(s\) \['lr'\]"):
+        training.get_recipe("lp_ft", lr=0.1)
+
+
+def _one_adam_step(recipe, model):
+    """Applies one gradient of ones with the recipe's optimizer; returns {path: |change|} per weight."""
+    optimizer = training.make_optimizer(recipe, total_steps=10, model=model)
+    variables = model.trainable_variables
+    before = {v.path: to_numpy(v).copy() for v in variables}
+    optimizer.apply_gradients([(keras.ops.ones(v.shape), v) for v in variables])
+    return optimizer, {v.path: float(np.abs(to_numpy(v) - before[v.path]).mean()) for v in variables}
+
+
+def test_fine_tuning_optimizer_gives_the_head_the_learning_rate_the_recipe_claims():
+    # Adam's first step moves every weight by lr (times its multiplier) for a gradient of ones.
+    model = vitkeras.build_vit("Nano/4", image_size=8, num_classes=3, seed=0)
+    recipe = training.get_recipe("adamw_head", learning_rate=1e-4, head_learning_rate_multiplier=50.0,
+                                 weight_decay=0.0, warmup_fraction=0.0, schedule="constant", global_clipnorm=None)
+    optimizer, change = _one_adam_step(recipe, model)
+    assert isinstance(optimizer, training.AdamWMultipliers)
+    for path, moved in change.items():
+        expected = 1e-4 * (50.0 if path.startswith("head/") else 1.0)
+        assert moved == pytest.approx(expected, rel=2e-2), path
+
+
+def test_layer_decay_slows_lower_blocks_geometrically():
+    model = vitkeras.build_vit("Nano/4", image_size=8, num_classes=3, seed=0)  # 4 blocks
+    recipe = training.get_recipe("llrd", learning_rate=1e-3, layer_decay=0.5, head_learning_rate_multiplier=2.0,
+                                 weight_decay=0.0, warmup_fraction=0.0, schedule="constant", global_clipnorm=None)
+    _, change = _one_adam_step(recipe, model)
+    for i in range(4):
+        assert change[f"encoder_block_{i}/query/kernel"] == pytest.approx(1e-3 * 0.5 ** (4 - i), rel=2e-2)
+    assert change["patch_encoder/projection/kernel"] == pytest.approx(1e-3 * 0.5**5, rel=2e-2)
+    assert change["encoder_norm/gamma"] == pytest.approx(1e-3, rel=2e-2)
+    assert change["head/kernel"] == pytest.approx(2e-3, rel=2e-2)
+
+
+def test_multiplier_optimizer_config_round_trips():
+    optimizer = training.AdamWMultipliers({"head/kernel": 10.0}, learning_rate=1e-4, weight_decay=0.05)
+    clone = training.AdamWMultipliers.from_config(optimizer.get_config())
+    assert clone.multiplier_for("head/kernel") == 10.0 and clone.multiplier_for("other") == 1.0
 
 
 def test_precision_for_devices():
@@ -66,7 +112,14 @@ def test_precision_for_devices():
     assert training.precision_for("gpu", (8, 6)) == "mixed_bfloat16"  # A10, RTX 30xx
     assert training.precision_for("tpu") == "mixed_bfloat16"
     assert training.precision_for("cpu") == "float32"
-    assert training.choose_precision() == "float32"  # the test machines have no accelerator
+
+
+
+def test_choose_precision_follows_the_device_it_finds(monkeypatch):
+    for device, expected in ((("gpu", (7, 5)), "mixed_float16"), (("gpu", (9, 0)), "mixed_bfloat16"),
+                             (("cpu", None), "float32")):
+        monkeypatch.setattr(training, "_accelerator", lambda device=device: device)
+        assert training.choose_precision() == expected
 
 
 def test_label_smoothing_and_accuracy_are_compiled():
@@ -132,17 +185,24 @@ def test_write_json_atomic_leaves_old_file_on_failure(tmp_path):
 DATA_PARALLEL_SCRIPT = """
 import os
 backend = os.environ["KERAS_BACKEND"]
+import tensorflow as tf
 if backend == "tensorflow":
-    import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np, keras, vitkeras
 from vitkeras import data, training
+before = keras.distribution.distribution() if backend == "jax" else None
+batches = data.make_pipeline(data.make_shapes(64, 16, 3), batch_size=16, training=True)
 with training.data_parallel() as scope:
     model = vitkeras.build_vit("Nano/4", 16, 3, seed=0)
     training.compile_model(model, "scratch", 4)
-batches = data.make_pipeline(data.make_shapes(64, 16, 3), batch_size=16, training=True)
-history = model.fit(batches, epochs=1, verbose=0).history
+    if backend == "jax":
+        assert isinstance(keras.distribution.distribution(), keras.distribution.DataParallel)
+    history = model.fit(batches, epochs=1, verbose=0).history
+if backend == "jax":
+    assert keras.distribution.distribution() is before, "the previous distribution was not restored"
+else:
+    assert not tf.distribute.has_strategy(), "the MirroredStrategy scope was not left"
 print("REPLICAS", scope.num_replicas, "LOSS", history["loss"][-1])
 """
 

@@ -1,15 +1,33 @@
 """The training recipes: optimizer, schedule, loss, precision, resumable fit, data parallelism.
 
-Two recipes come from the literature and one reproduces the Keras example:
+Training from scratch:
 
 - "scratch": training a ViT from scratch on small data (DeiT / "How to train
   your ViT"): AdamW, weight decay 0.05 except on biases, norms, position
   embeddings and the class token; linear warm-up then cosine decay; label
   smoothing 0.1; gradient clipping at global norm 1.
-- "finetune": the paper's fine-tuning (section 3.2, appendix B.1.1): SGD with
-  momentum 0.9, no weight decay, warm-up then cosine decay, clipping at norm 1.
-- "keras_example": "Image classification with Vision Transformer" on keras.io:
-  AdamW 1e-3, weight decay 1e-4 on every weight, constant learning rate.
+- "keras_example": "Image classification with Vision Transformer" on keras.io
+  (the revision `vitkeras.keras_example` names): AdamW 1e-3, weight decay 1e-4
+  on every weight, constant learning rate.
+
+Fine-tuning a pretrained checkpoint (`FINETUNE_RECIPES`; the default,
+`DEFAULT_FINETUNE_RECIPE`, won the sweep in benchmarks/finetune_sweep.py):
+
+- "lp_ft": linear probe, then fine-tune (Kumar et al., ICLR 2022). Stage 1
+  trains only the new head on frozen features (one forward pass over the
+  training images, then many cheap epochs of the head); stage 2 fine-tunes
+  all weights from that head with AdamW at a small learning rate, warm-up
+  and cosine. A trained head means the first fine-tuning steps do not send
+  large random gradients into the pretrained features.
+- "adamw_head": one stage, AdamW with a small learning rate for the
+  pretrained weights and `head_learning_rate_multiplier` times it for the
+  new zero-initialised head.
+- "llrd": as "adamw_head" plus layer-wise learning-rate decay (BEiT, DINOv2):
+  block i of L learns at `layer_decay ** (L - i)` times the top block's rate.
+- "paper_sgd": the paper's fine-tuning (section 3.2, appendix B.1.1): SGD with
+  momentum 0.9, lr 0.01, no weight decay, warm-up then cosine, clipping at
+  norm 1, **batch 512**. At the batch sizes a course can afford (16 to 64) it
+  destroys the pretrained features (benchmarks/RESULTS.md); kept for reference.
 """
 
 from __future__ import annotations
@@ -27,7 +45,11 @@ import keras
 __all__ = [
     "Recipe",
     "RECIPES",
+    "FINETUNE_RECIPES",
+    "DEFAULT_FINETUNE_RECIPE",
     "get_recipe",
+    "AdamWMultipliers",
+    "learning_rate_multipliers",
     "no_weight_decay",
     "make_optimizer",
     "compile_model",
@@ -56,6 +78,16 @@ class Recipe:
     global_clipnorm: float | None = 1.0  # clip gradients to this global norm (None: no clipping)
     batch_size: int = 128
     augmentation: str = "basic"  # see vitkeras.data.make_augmentation
+    # Fine-tuning only: the new head learns this many times faster than the pretrained weights.
+    head_learning_rate_multiplier: float = 1.0
+    # Fine-tuning only: layer-wise decay; block i of L gets layer_decay ** (L - i) (1.0: off).
+    layer_decay: float = 1.0
+    # Fine-tuning only: first train the head alone on frozen features (linear probe, LP-FT).
+    linear_probe_first: bool = False
+    # The linear probe (stage 1 of LP-FT, and `--linear-probe`): AdamW on cached features.
+    probe_learning_rate: float = 3e-3
+    probe_epochs: int = 200  # epochs over the cached features (cheap: a D x K matmul)
+    probe_weight_decay: float = 1e-4
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -63,16 +95,6 @@ class Recipe:
 
 RECIPES = {
     "scratch": Recipe("scratch"),
-    "finetune": Recipe(
-        "finetune",
-        optimizer="sgd",
-        learning_rate=0.01,
-        weight_decay=0.0,
-        warmup_fraction=0.05,
-        label_smoothing=0.0,
-        batch_size=64,
-        augmentation="basic",
-    ),
     "keras_example": Recipe(
         "keras_example",
         learning_rate=1e-3,
@@ -87,15 +109,42 @@ RECIPES = {
     ),
 }
 
+# Fine-tuning recipes; batch 32 unless the recipe needs another (paper_sgd: 512).
+# Learning rates chosen by benchmarks/finetune_sweep.py (DINOv2-S/14, CIFAR-10 cats vs dogs).
+_FINETUNE_COMMON = dict(
+    optimizer="adamw", weight_decay=0.05, warmup_fraction=0.1, label_smoothing=0.0, batch_size=32,
+    augmentation="basic", global_clipnorm=1.0,
+)
+FINETUNE_RECIPES = {
+    "lp_ft": Recipe("lp_ft", learning_rate=2e-5, linear_probe_first=True, **_FINETUNE_COMMON),
+    "adamw_head": Recipe("adamw_head", learning_rate=2e-5, head_learning_rate_multiplier=100.0, **_FINETUNE_COMMON),
+    "llrd": Recipe("llrd", learning_rate=5e-5, head_learning_rate_multiplier=40.0, layer_decay=0.75,
+                   **_FINETUNE_COMMON),
+    "paper_sgd": Recipe(
+        "paper_sgd", optimizer="sgd", learning_rate=0.01, weight_decay=0.0, warmup_fraction=0.05,
+        label_smoothing=0.0, batch_size=512, augmentation="basic",
+    ),
+}
+RECIPES.update(FINETUNE_RECIPES)
+DEFAULT_FINETUNE_RECIPE = "lp_ft"
+
 
 def get_recipe(name_or_recipe, **overrides):
-    """A `Recipe` by name ("scratch", "finetune", "keras_example") with optional field overrides."""
+    """A `Recipe` by name (see `RECIPES`) with optional field overrides (None values are ignored).
+
+    Example:
+    >>> get_recipe("lp_ft", batch_size=16).batch_size
+    16
+    """
     if isinstance(name_or_recipe, Recipe):
         recipe = name_or_recipe
-    elif name_or_recipe in RECIPES:
+    elif isinstance(name_or_recipe, str) and name_or_recipe in RECIPES:
         recipe = RECIPES[name_or_recipe]
     else:
         raise ValueError(f"Unknown recipe {name_or_recipe!r}; known: {list(RECIPES)}.")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Recipe)})
+    if unknown:
+        raise ValueError(f"Unknown recipe field(s) {unknown}; known: {[f.name for f in dataclasses.fields(Recipe)]}.")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return recipe.replace(**overrides) if overrides else recipe
 
@@ -104,6 +153,73 @@ def no_weight_decay(variable):
     """Biases, norm scales and offsets, LayerScale, position embeddings and the class token: no decay."""
     path = variable.path
     return len(variable.shape) <= 1 or "position_embedding" in path or "class_token" in path
+
+
+def learning_rate_multipliers(model, recipe):
+    """{variable path: multiplier} of a fine-tuning recipe for `model`'s trainable weights.
+
+    The head gets `head_learning_rate_multiplier`; with `layer_decay` < 1, block i of L
+    gets `layer_decay ** (L - i)` and everything below the blocks (preprocessing,
+    patch encoder: E, class token, E_pos) `layer_decay ** (L + 1)`. The final
+    LayerNorm and anything else above the blocks keep 1. Only multipliers other
+    than 1 are listed.
+    """
+    recipe = get_recipe(recipe)
+    blocks = [layer.name for layer in model.layers if layer.name.startswith("encoder_block_")]
+    depth = len(blocks)
+    multipliers = {}
+    for layer in model.layers:
+        if layer.name == "head":
+            factor = recipe.head_learning_rate_multiplier
+        elif recipe.layer_decay == 1.0 or not depth:
+            factor = 1.0
+        elif layer.name in blocks:
+            factor = recipe.layer_decay ** (depth - int(layer.name.rsplit("_", 1)[1]))
+        elif layer.name in ("patches", "patch_encoder", "preprocessing"):
+            factor = recipe.layer_decay ** (depth + 1)
+        else:
+            factor = 1.0
+        if factor != 1.0:
+            multipliers.update({w.path: float(factor) for w in layer.trainable_weights})
+    return multipliers
+
+
+@keras.saving.register_keras_serializable(package="vitkeras")
+class AdamWMultipliers(keras.optimizers.AdamW):
+    """AdamW whose learning rate is multiplied per variable (a larger one for a new head, layer-wise decay).
+
+    Keras optimizers take one learning rate; fine-tuning wants several. This
+    subclass scales the learning rate that `update_step` receives by
+    `learning_rate_multipliers[variable.path]` (1 when absent). Decoupled
+    weight decay stays at the base rate.
+
+    Args:
+        learning_rate_multipliers: {variable path: multiplier}.
+        **kwargs: `keras.optimizers.AdamW` arguments.
+
+    Example:
+    >>> optimizer = AdamWMultipliers({"head/kernel": 10.0}, learning_rate=1e-4)
+    >>> optimizer.multiplier_for("head/kernel"), optimizer.multiplier_for("encoder_block_0/query/kernel")
+    (10.0, 1.0)
+    """
+
+    def __init__(self, learning_rate_multipliers=None, **kwargs):
+        super().__init__(**kwargs)
+        self.learning_rate_multipliers = {str(k): float(v) for k, v in (learning_rate_multipliers or {}).items()}
+
+    def multiplier_for(self, path):
+        return self.learning_rate_multipliers.get(path, 1.0)
+
+    def update_step(self, gradient, variable, learning_rate):
+        # JAX and PyTorch pass the Keras variable; TensorFlow its tf.Variable, named "<path>:0".
+        path = getattr(variable, "path", None) or variable.name.split(":")[0]
+        multiplier = self.multiplier_for(path)
+        if multiplier != 1.0:
+            learning_rate = learning_rate * multiplier
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "learning_rate_multipliers": dict(self.learning_rate_multipliers)}
 
 
 def make_optimizer(recipe, total_steps, model=None):
@@ -115,7 +231,7 @@ def make_optimizer(recipe, total_steps, model=None):
         model: needed by AdamW to exclude `no_weight_decay` weights.
 
     Example:
-    >>> make_optimizer("finetune", total_steps=100).__class__.__name__
+    >>> make_optimizer("paper_sgd", total_steps=100).__class__.__name__
     'SGD'
     """
     recipe = get_recipe(recipe)
@@ -138,9 +254,19 @@ def make_optimizer(recipe, total_steps, model=None):
         )
     if recipe.optimizer != "adamw":
         raise ValueError(f"Unknown optimizer {recipe.optimizer!r}; allowed: 'adamw', 'sgd'.")
-    optimizer = keras.optimizers.AdamW(
-        schedule, weight_decay=recipe.weight_decay, global_clipnorm=recipe.global_clipnorm
-    )
+    multipliers = {}
+    if recipe.head_learning_rate_multiplier != 1.0 or recipe.layer_decay != 1.0:
+        if model is None:
+            raise ValueError(f"Recipe {recipe.name!r} sets learning rates per layer; make_optimizer needs the model.")
+        multipliers = learning_rate_multipliers(model, recipe)
+    if multipliers:
+        optimizer = AdamWMultipliers(
+            multipliers, learning_rate=schedule, weight_decay=recipe.weight_decay, global_clipnorm=recipe.global_clipnorm
+        )
+    else:
+        optimizer = keras.optimizers.AdamW(
+            schedule, weight_decay=recipe.weight_decay, global_clipnorm=recipe.global_clipnorm
+        )
     if not recipe.decay_all_weights:
         if model is None:
             raise ValueError("make_optimizer needs the model to exclude weights from AdamW's weight decay.")
@@ -298,6 +424,7 @@ def fit(
         validation_data=validation,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras warns that it ignores shuffle=True
     )
     if history_path is None or not history_path.exists():
         return {k: [float(x) for x in v] for k, v in result.history.items()}
@@ -336,33 +463,38 @@ class TimeBudget(keras.callbacks.Callback):
 # Data parallelism
 # --------------------------------------------------------------------------- #
 class _ReplicaScope:
-    """A context manager around an optional inner scope that reports the number of replicas."""
+    """Enters a backend's distribution scope; reports the number of replicas; restores the previous state on exit."""
 
-    def __init__(self, num_replicas, inner=None):
+    def __init__(self, num_replicas, make_inner=None):
         self.num_replicas = num_replicas
-        self.inner = inner
+        self.make_inner = make_inner
+        self.inner = None
 
     def __enter__(self):
-        if self.inner is not None:
+        if self.make_inner is not None:
+            self.inner = self.make_inner()
             self.inner.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return False if self.inner is None else self.inner.__exit__(*exc)
+        inner, self.inner = self.inner, None
+        return False if inner is None else inner.__exit__(*exc)
 
 
 def data_parallel(enabled=True):
     """Spreads each batch over all accelerators (or virtual CPU devices) of this machine.
 
-    Use it around building and compiling the model:
+    Use it around building, compiling and training the model:
 
         with vitkeras.training.data_parallel():
             model = vitkeras.build_vit(...); compile_model(model, ...)
-        model.fit(...)
+            model.fit(...)
 
-    JAX: `keras.distribution.DataParallel` over every device. TensorFlow: a
-    `tf.distribute.MirroredStrategy` (or a TPUStrategy on a TPU). PyTorch: not
-    supported by Keras's distribution API; raises ValueError.
+    JAX: `keras.distribution.DataParallel` over every device, set for the
+    `with` block only (the previous distribution, usually none, is restored
+    after it). TensorFlow: a `tf.distribute.MirroredStrategy` (or a
+    TPUStrategy on a TPU) scope. PyTorch: not supported by Keras's
+    distribution API; raises ValueError. Nothing changes until the block is entered.
 
     Returns:
         A context manager; it also exposes `num_replicas`.
@@ -372,8 +504,7 @@ def data_parallel(enabled=True):
     backend = keras.config.backend()
     if backend == "jax":
         devices = keras.distribution.list_devices()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return _ReplicaScope(len(devices))
+        return _ReplicaScope(len(devices), lambda: keras.distribution.DataParallel(devices=devices).scope())
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -385,7 +516,7 @@ def data_parallel(enabled=True):
             gpus = tf.config.list_logical_devices("GPU")
             devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
             strategy = tf.distribute.MirroredStrategy(devices)
-        return _ReplicaScope(strategy.num_replicas_in_sync, strategy.scope())
+        return _ReplicaScope(strategy.num_replicas_in_sync, strategy.scope)
     raise ValueError(
         f"Data parallelism is available on the 'jax' and 'tensorflow' backends, not {backend!r}; "
         f"set KERAS_BACKEND=jax or tensorflow."

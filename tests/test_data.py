@@ -248,3 +248,51 @@ def test_strong_augmentation_uses_randaugment_and_rejects_unknown():
     assert data.make_augmentation("none") == []
     with pytest.raises(ValueError, match=r"augmentation must be one of \['none', 'basic', 'strong'\], got 'max'"):
         data.make_augmentation("max")
+
+
+def test_stratified_sample_holds_every_class_in_proportion_and_repeats_with_its_seed():
+    labels = np.repeat([0, 1, 2], [50, 30, 20])  # sorted by class, like a folder
+    sample = data.stratified_sample(labels, 10, seed=3)
+    assert np.bincount(labels[sample]).tolist() == [5, 3, 2]
+    np.testing.assert_array_equal(sample, data.stratified_sample(labels, 10, seed=3))
+    assert not np.array_equal(sample, data.stratified_sample(labels, 10, seed=4))
+    assert np.bincount(labels[data.stratified_sample(labels, 3, seed=0)]).tolist() == [1, 1, 1]
+    assert len(np.unique(data.stratified_sample(labels, 100, seed=0))) == 100
+    with pytest.raises(ValueError, match=r"A subset of 2 example\(s\) cannot hold all 3 classes of the split; allowed: 3 to 100"):
+        data.stratified_sample(labels, 2)
+    with pytest.raises(ValueError, match=r"larger than the split \(100 examples\)"):
+        data.stratified_sample(labels, 101)
+
+
+def test_small_subset_of_a_class_sorted_folder_holds_every_class(tmp_path):
+    from PIL import Image
+
+    for name in ("a_cats", "b_dogs", "c_fish"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        (tmp_path / "test" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8)).save(tmp_path / "train" / name / f"{i}.png")
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "test" / name / "0.png")
+    dataset, info = data.load(f"folder:{tmp_path}", "train", max_examples=3, subset_seed=0)
+    labels = [int(y) for _, y in dataset.as_numpy_iterator()]
+    assert sorted(labels) == [0, 1, 2] and info.num_examples == 3 and sorted(info.labels.tolist()) == [0, 1, 2]
+    again, _ = data.load(f"folder:{tmp_path}", "train", max_examples=3, subset_seed=0)
+    assert [x.tolist() for x, _ in again.as_numpy_iterator()] == [x.tolist() for x, _ in dataset.as_numpy_iterator()]
+
+
+def test_a_class_selection_keeps_those_classes_relabelled_in_the_order_given(tmp_path):
+    from PIL import Image
+
+    for value, name in enumerate(("bird", "cat", "dog")):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        (tmp_path / "test" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8, 3), 50 * value, np.uint8)).save(tmp_path / "test" / name / f"{i}.png")
+    stream, info = data.load(f"folder:{tmp_path}[dog,bird]", "test")
+    pairs = sorted((int(x[0, 0, 0]), int(y)) for x, y in stream.as_numpy_iterator())
+    assert info.class_names == ("dog", "bird") and info.num_examples == 8
+    assert set(pairs) == {(100, 0), (0, 1)}  # dog (pixel 100) is 0, bird (pixel 0) is 1, no cat
+    arrays = data.load_arrays(f"folder:{tmp_path}[dog,bird]", "test")
+    assert arrays.class_names == ("dog", "bird") and sorted(np.bincount(arrays.labels).tolist()) == [4, 4]
+    with pytest.raises(ValueError, match=r"has no class\(es\) \['fish'\]; allowed: \['bird', 'cat', 'dog'\]"):
+        data.load(f"folder:{tmp_path}[dog,fish]", "test")

@@ -10,6 +10,8 @@ Names accepted by `load` and `load_arrays`:
   "train" is the first 90% of the upstream train split, "validation" the last 10%.
 - "cats_vs_dogs": through tensorflow-datasets; upstream has only a train split,
   cut here into train/validation/test 80/10/10 by a seeded hash of each file name.
+- any name followed by `[class,class,...]`, e.g. "cifar10[cat,dog]": only those
+  classes, relabelled 0, 1, ... in the order given.
 - "folder:PATH": a folder with one subfolder per class. If PATH has `train/`
   and `test/` subfolders (like the CIFAR-10 copy in ../shared/datasets), those
   are the splits (without a `val/` or `validation/` folder, a seeded 10% of
@@ -42,6 +44,8 @@ __all__ = [
     "load",
     "load_arrays",
     "stratified_subset",
+    "stratified_sample",
+    "split_classes",
     "make_augmentation",
     "make_pipeline",
 ]
@@ -104,6 +108,7 @@ class DatasetInfo:
     num_examples: int
     class_names: tuple
     skipped_files: int = 0
+    labels: np.ndarray | None = dataclasses.field(default=None, repr=False)  # in stream order
 
     @property
     def num_classes(self):
@@ -261,16 +266,20 @@ def _load_tfds(name, split, data_dir, split_seed):
             name, split="train", data_dir=data_dir, shuffle_files=False,
             decoders={"image": tfds.decode.SkipDecoding()},  # read file names without decoding 23k JPEGs
         )
-        names = [n.decode() for n in tfds.as_numpy(names_only.map(lambda e: e["image/filename"]))]
-        keep = np.array([_split_of(_hash_fraction(n, split_seed)) == split for n in names])
+        pairs = list(tfds.as_numpy(names_only.map(lambda e: (e["image/filename"], e["label"]))))
+        keep = np.array([_split_of(_hash_fraction(n.decode(), split_seed)) == split for n, _ in pairs])
+        labels = np.array([label for _, label in pairs], dtype="int32")[keep]
         mask = tf.constant(keep)
         dataset = dataset.enumerate().filter(lambda i, e: tf.gather(mask, i)).map(
             lambda i, e: (e["image"], e["label"])
         )
-        count = int(keep.sum())
     else:
-        count = int(dataset.cardinality())
-    return dataset, DatasetInfo(name, split, count, class_names)
+        labels_only = tfds.load(
+            name, split=tfds_split, data_dir=data_dir, shuffle_files=False,
+            decoders={"image": tfds.decode.SkipDecoding()},  # labels without decoding the images
+        )
+        labels = np.fromiter(tfds.as_numpy(labels_only.map(lambda e: e["label"])), dtype="int32")
+    return dataset, DatasetInfo(name, split, len(labels), class_names, labels=labels)
 
 
 # --------------------------------------------------------------------------- #
@@ -355,10 +364,13 @@ def _scan_folder(root, split, split_seed):
     return files, np.array(labels, dtype="int32"), class_names, skipped
 
 
-def _load_folder(root, split, split_seed):
+def _load_folder(root, split, split_seed, indices=None, scan=None):
+    """(dataset, info) of a folder split; `indices` keeps only those files; `scan` reuses a `_scan_folder` result."""
     import tensorflow as tf
 
-    files, labels, class_names, skipped = _scan_folder(root, split, split_seed)
+    files, labels, class_names, skipped = scan or _scan_folder(root, split, split_seed)
+    if indices is not None:  # a subset: only these files are ever read
+        files, labels = [files[i] for i in indices], labels[indices]
 
     def read(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)  # (H, W, 3) uint8
@@ -367,20 +379,48 @@ def _load_folder(root, split, split_seed):
     dataset = tf.data.Dataset.from_tensor_slices((files, labels)).map(read, num_parallel_calls=tf.data.AUTOTUNE)
     # Files PIL decoded but TF cannot (rare formats) are dropped instead of stopping an epoch.
     dataset = dataset.ignore_errors()
-    return dataset, DatasetInfo(f"folder:{root}", split, len(files), class_names, skipped)
+    return dataset, DatasetInfo(f"folder:{root}", split, len(files), class_names, skipped, labels)
 
 
 # --------------------------------------------------------------------------- #
 # One entry point for every dataset
 # --------------------------------------------------------------------------- #
+def split_classes(name):
+    """("cifar10", ("cat", "dog")) for "cifar10[cat,dog]"; (name, None) without a class list.
+
+    Example:
+    >>> split_classes("folder:/data/cifar10[cat,dog]")
+    ('folder:/data/cifar10', ('cat', 'dog'))
+    """
+    if isinstance(name, str) and name.endswith("]") and "[" in name:
+        base, _, inside = name[:-1].rpartition("[")
+        classes = tuple(c.strip() for c in inside.split(",") if c.strip())
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ValueError(f"Dataset {name!r}: list at least two different classes in [...], e.g. 'cifar10[cat,dog]'.")
+        return base, classes
+    return name, None
+
+
+def _class_indices(dataset_name, info, classes):
+    """Positions in the base split and the new labels of a class selection."""
+    unknown = [c for c in classes if c not in info.class_names]
+    if unknown:
+        raise ValueError(f"Dataset {dataset_name!r} has no class(es) {unknown}; allowed: {list(info.class_names)}.")
+    old = [info.class_names.index(c) for c in classes]
+    remap = np.full(len(info.class_names), -1, dtype="int32")
+    remap[old] = np.arange(len(old))
+    return np.flatnonzero(remap[info.labels] >= 0), remap
+
+
 def _check_name_and_split(name, split):
+    name, _ = split_classes(name)
     if not isinstance(name, str) or not (name in DATASET_NAMES or name.startswith("folder:")):
         raise ValueError(f"Unknown dataset {name!r}. Known: {list(DATASET_NAMES)} or 'folder:PATH'.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; allowed: {list(SPLITS)}.")
 
 
-def load(name, split="train", image_size=None, data_dir=None, split_seed=0):
+def load(name, split="train", image_size=None, data_dir=None, split_seed=0, max_examples=None, subset_seed=0):
     """A split of a dataset as a `tf.data.Dataset` of (uint8 image (H, W, C), int32 label), unbatched.
 
     Args:
@@ -389,21 +429,46 @@ def load(name, split="train", image_size=None, data_dir=None, split_seed=0):
         image_size: resize every image to this square size (needed for datasets of mixed sizes).
         data_dir: where tensorflow-datasets keeps its data (None: its default).
         split_seed: seed of the hash-based splits (cats_vs_dogs and flat folders).
+        max_examples: keep only this many examples, a stratified seeded sample
+            (`stratified_sample`: every class in proportion, never "the first N",
+            which in a class-sorted folder would be one class). None: all.
+        subset_seed: seed of that sample.
 
     Returns:
-        (dataset, DatasetInfo).
+        (dataset, DatasetInfo); `info.labels` are the labels in stream order.
     """
     import tensorflow as tf
 
     _check_name_and_split(name, split)
+    full_name, (name, classes) = name, split_classes(name)
     if name.startswith("shapes"):
         arrays = _load_shapes(name, split, image_size)
         dataset = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
-        info = DatasetInfo(name, split, len(arrays), arrays.class_names)
+        info = DatasetInfo(name, split, len(arrays), arrays.class_names, labels=arrays.labels)
     elif name.startswith("folder:"):
-        dataset, info = _load_folder(name[len("folder:") :], split, split_seed)
+        scan = _scan_folder(name[len("folder:") :], split, split_seed)
+        dataset, info = _load_folder(name[len("folder:") :], split, split_seed, scan=scan)
     else:
         dataset, info = _load_tfds(name, split, data_dir, split_seed)
+    # Which examples of the split to keep (a class selection, a stratified sample) and their new labels.
+    keep, remap = np.arange(info.num_examples), np.arange(info.num_classes, dtype="int32")
+    if classes is not None:
+        keep, remap = _class_indices(full_name, info, classes)
+    if max_examples is not None:
+        keep = keep[stratified_sample(remap[info.labels[keep]], max_examples, subset_seed, what=f"{full_name} {split}")]
+    if len(keep) < info.num_examples:
+        if name.startswith("folder:"):  # only these files are ever read
+            dataset, _ = _load_folder(name[len("folder:") :], split, split_seed, keep, scan=scan)
+        else:
+            mask = np.zeros(info.num_examples, dtype=bool)
+            mask[keep] = True
+            mask = tf.constant(mask)
+            dataset = dataset.enumerate().filter(lambda i, e: tf.gather(mask, i)).map(lambda i, e: e)
+    if classes is not None:
+        table = tf.constant(remap)
+        dataset = dataset.map(lambda x, y: (x, tf.gather(table, tf.cast(y, tf.int32))))
+    info = dataclasses.replace(info, name=full_name, num_examples=len(keep), labels=remap[info.labels[keep]],
+                               class_names=classes or info.class_names)
     if image_size is not None and not name.startswith("shapes"):
         size = (int(image_size), int(image_size))
         dataset = dataset.map(
@@ -424,7 +489,7 @@ def load_arrays(name, split="train", image_size=None, data_dir=None, split_seed=
     (10, 16, 16, 3)
     """
     _check_name_and_split(name, split)
-    if name.startswith("shapes"):
+    if name.startswith("shapes") and split_classes(name)[1] is None:
         return _load_shapes(name, split, image_size, shapes_size)
     import tensorflow as tf
 
@@ -436,6 +501,49 @@ def load_arrays(name, split="train", image_size=None, data_dir=None, split_seed=
     if not images:
         raise ValueError(f"Dataset {name!r} split {split!r} is empty.")
     return ArrayData(np.concatenate(images), np.concatenate(labels).astype("int32"), info.class_names)
+
+
+def stratified_sample(labels, total, seed=0, what="the split"):
+    """Indices of `total` examples drawn with a seed, every class in proportion to its size (sorted).
+
+    Each class gets its share of `total` (largest remainders round up), at least one
+    example; the examples inside a class are drawn at random.
+
+    Args:
+        labels: int labels of the whole split.
+        total: how many examples to keep; at least the number of classes, at most the split's size.
+        seed: same seed, same sample.
+        what: names the split in error messages.
+
+    Example:
+    >>> labels = np.array([0] * 6 + [1] * 6)  # sorted by class, like a folder
+    >>> np.bincount(labels[stratified_sample(labels, 4, seed=0)]).tolist()
+    [2, 2]
+    """
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if isinstance(total, bool) or not isinstance(total, (int, np.integer)):
+        raise ValueError(f"The subset size must be an integer, got {total!r}.")
+    if total < len(classes):
+        raise ValueError(
+            f"A subset of {total} example(s) cannot hold all {len(classes)} classes of {what}; "
+            f"allowed: {len(classes)} to {len(labels)}."
+        )
+    if total > len(labels):
+        raise ValueError(f"A subset of {total} examples is larger than {what} ({len(labels)} examples); "
+                         f"allowed: {len(classes)} to {len(labels)}.")
+    share = counts * (total / len(labels))
+    take = np.maximum(np.floor(share).astype(int), 1)
+    for index in np.argsort(-(share - np.floor(share)), kind="stable"):  # largest remainders first
+        if take.sum() >= total:
+            break
+        if take[index] < counts[index]:
+            take[index] += 1
+    while take.sum() > total:  # the minimum of one per class overshot: trim the largest
+        take[np.argmax(take)] -= 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
 
 
 def stratified_subset(labels, per_class, seed=0):
@@ -509,6 +617,7 @@ def make_pipeline(
     cutmix=0.0,
     seed=0,
     repeat=False,
+    resize=None,
 ):
     """Batches of (float32 images, one-hot float32 labels) ready for `model.fit`.
 
@@ -524,6 +633,8 @@ def make_pipeline(
             CutMix(factor) on each training batch.
         seed: shuffling and augmentation seed.
         repeat: repeat forever (use `steps_per_epoch` in fit).
+        resize: resize images to this square size (bilinear, antialiased) before augmenting,
+            e.g. 32-pixel CIFAR to the 112 pixels a pretrained checkpoint is fine-tuned at.
     """
     import keras
     import tensorflow as tf
@@ -552,6 +663,8 @@ def make_pipeline(
 
     def prepare(images, labels):
         images = tf.cast(images, tf.float32)  # (B, H, W, C), 0-255
+        if resize is not None:
+            images = tf.image.resize(images, (int(resize), int(resize)), antialias=True)  # (B, S, S, C)
         for layer in augment:
             images = layer(images, training=True)
         labels = tf.one_hot(labels, num_classes)  # (B, K)

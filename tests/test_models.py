@@ -240,3 +240,30 @@ def test_parameter_breakdown_matches_the_formula_and_sums_to_the_total():
     assert hybrid_parts["convolutional stem"] > 0 and sum(hybrid_parts.values()) == hybrid.count_params()
     with pytest.raises(ValueError, match="is not part of a vitkeras ViT"):
         parameter_breakdown(vitkeras.build_cnn(16, 2, width=8))
+
+
+def test_building_seeded_models_leaves_global_random_state_as_it_was():
+    import random
+
+    def draws():
+        return random.random(), float(np.random.random()), float(keras.ops.convert_to_numpy(keras.random.uniform(())))
+
+    keras.utils.set_random_seed(5)
+    expected = draws()
+    keras.utils.set_random_seed(5)
+    vitkeras.build_vit("Nano/4", image_size=16, num_classes=3, seed=1, dropout=0.1, drop_path=0.1,
+                       representation_size=8)
+    vitkeras.build_cnn(16, 3, width=8, seed=1)
+    vitkeras.build_hybrid_vit("Nano/4", image_size=16, num_classes=3, seed=1)
+    assert draws() == expected
+
+
+def test_seed_makes_every_builder_reproducible_and_seeds_differ():
+    def kernels(model):
+        return [keras.ops.convert_to_numpy(w) for w in model.weights if len(w.shape) > 1 and "head" not in w.path]
+
+    for build in (lambda seed: vitkeras.build_cnn(16, 3, width=8, seed=seed),
+                  lambda seed: vitkeras.build_hybrid_vit("Nano/4", image_size=16, num_classes=3, seed=seed)):
+        a, b, c = kernels(build(7)), kernels(build(7)), kernels(build(8))
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        assert not any(np.array_equal(x, z) for x, z in zip(a, c) if x.std() > 0)

@@ -1,4 +1,9 @@
-"""The three layers of the Vision Transformer, written with `keras.ops` only.
+"""The layers of the Vision Transformer, written with `keras.ops` only.
+
+Three carry the paper's equations: `Patches`, `PatchEncoder` and
+`TransformerBlock`; `TokenPooling` picks the class token (or averages the
+patch tokens) for the head, and the helpers below resample and build
+position embeddings.
 
 Dosovitskiy et al., "An Image is Worth 16x16 Words" (2020), equations (1)-(3):
 
@@ -16,6 +21,7 @@ creates its weights in `build()`, and saves to `.keras` without custom objects.
 from __future__ import annotations
 
 import math
+import zlib
 
 import keras
 import numpy as np
@@ -28,6 +34,8 @@ __all__ = [
     "TokenPooling",
     "unpatchify",
     "sincos2d_position_embedding",
+    "seeded_initializer",
+    "layer_seed",
     "resample_position_embedding",
 ]
 
@@ -38,6 +46,41 @@ POOLINGS = ("cls", "gap")
 # --------------------------------------------------------------------------- #
 # Argument checks shared by the layers (messages say what was given and what is allowed)
 # --------------------------------------------------------------------------- #
+def layer_seed(seed, name):
+    """A seed for the layer `name` of a model built with `seed` (None stays None).
+
+    Derived from both, so every layer of a seeded model gets its own stream and
+    building draws nothing from Python's, NumPy's or Keras' global generators.
+
+    Example:
+    >>> layer_seed(0, "stage0_block0_a") == layer_seed(0, "stage0_block0_a") != layer_seed(1, "stage0_block0_a")
+    True
+    """
+    if seed is None:
+        return None
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
+
+
+def seeded_initializer(initializer, seed):
+    """`initializer` with its own integer seed, or unchanged when `seed` is None or it draws no random numbers.
+
+    Example:
+    >>> seeded_initializer("glorot_uniform", 3).seed, seeded_initializer("zeros", 3).__class__.__name__
+    (3, 'Zeros')
+    """
+    if seed is None:
+        return keras.initializers.get(initializer)
+    # Built from its config: making an unseeded Keras initializer first would draw its seed from Python's RNG.
+    if isinstance(initializer, str):
+        config = {"class_name": initializer, "config": {}}
+    else:
+        config = keras.initializers.serialize(keras.initializers.get(initializer))
+    try:
+        return keras.initializers.deserialize({**config, "config": {**config.get("config", {}), "seed": int(seed)}})
+    except TypeError:  # an initializer without randomness (zeros, constant) takes no seed
+        return keras.initializers.deserialize(config)
+
+
 def _check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -365,7 +408,10 @@ class PatchEncoder(keras.layers.Layer):
         self.position_embedding = _check_choice("position_embedding", position_embedding, POSITION_EMBEDDINGS)
         self.dropout = _check_rate("dropout", dropout)
         self.grid_size = None if grid_size is None else _as_pair("grid_size", grid_size)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # Resolved in build(), seeded there when the layer has a seed (a name is kept as given).
+        self.kernel_initializer = (
+            kernel_initializer if isinstance(kernel_initializer, str) else keras.initializers.get(kernel_initializer)
+        )
         self.seed = seed
         if self.position_embedding == "sincos2d" and self.hidden_dim % 4:
             raise ValueError(
@@ -402,7 +448,7 @@ class PatchEncoder(keras.layers.Layer):
         num_tokens = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
         self.projection = keras.layers.Dense(
             self.hidden_dim,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=seeded_initializer(self.kernel_initializer, layer_seed(self.seed, "projection")),
             dtype=self.dtype_policy,
             name="projection",
         )
@@ -472,7 +518,8 @@ class PatchEncoder(keras.layers.Layer):
                 "position_embedding": self.position_embedding,
                 "dropout": self.dropout,
                 "grid_size": None if self.grid_size is None else list(self.grid_size),
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "kernel_initializer": self.kernel_initializer if isinstance(self.kernel_initializer, str)
+                else keras.initializers.serialize(self.kernel_initializer),
                 "seed": self.seed,
             }
         )
@@ -570,15 +617,18 @@ class TransformerBlock(keras.layers.Layer):
         self.head_dim = D // self.num_heads
         policy = self.dtype_policy
         norm_policy = _float32_if_mixed(policy)
-        dense = dict(kernel_initializer="glorot_uniform", dtype=policy)
+        def dense(units, name):  # Glorot-uniform kernels, each with its own seed when the block has one
+            initializer = seeded_initializer("glorot_uniform", layer_seed(self.seed, name))
+            return keras.layers.Dense(units, kernel_initializer=initializer, dtype=policy, name=name)
+
         self.norm1 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype=norm_policy, name="norm1")
-        self.query = keras.layers.Dense(D, name="query", **dense)
-        self.key = keras.layers.Dense(D, name="key", **dense)
-        self.value = keras.layers.Dense(D, name="value", **dense)
-        self.attention_output = keras.layers.Dense(D, name="attention_output", **dense)
+        self.query = dense(D, "query")
+        self.key = dense(D, "key")
+        self.value = dense(D, "value")
+        self.attention_output = dense(D, "attention_output")
         self.norm2 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype=norm_policy, name="norm2")
-        self.mlp_hidden = keras.layers.Dense(self.mlp_dim, name="mlp_hidden", **dense)
-        self.mlp_output = keras.layers.Dense(D, name="mlp_output", **dense)
+        self.mlp_hidden = dense(self.mlp_dim, "mlp_hidden")
+        self.mlp_output = dense(D, "mlp_output")
         for layer in (self.norm1, self.query, self.key, self.value, self.attention_output, self.norm2):
             layer.build(input_shape)
         self.mlp_hidden.build(input_shape)

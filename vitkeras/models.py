@@ -26,6 +26,8 @@ from vitkeras.layers import (
     _as_pair,
     _float32_if_mixed,
     check_image_shape,
+    layer_seed,
+    seeded_initializer,
 )
 
 __all__ = [
@@ -200,7 +202,7 @@ def _encoder(tokens, config, seed):
     )  # (B, T, D)
 
 
-def _head(tokens, config, num_classes, include_top, classifier_activation):
+def _head(tokens, config, num_classes, include_top, classifier_activation, seed=None):
     """Pooling, optional pre-logits layer and the zero-initialised classifier (float32)."""
     if not include_top:
         return tokens  # (B, T, D), like Hugging Face's last_hidden_state
@@ -210,7 +212,8 @@ def _head(tokens, config, num_classes, include_top, classifier_activation):
         tokens
     )  # (B, D)
     if config.representation_size:
-        y = keras.layers.Dense(config.representation_size, activation="tanh", name="pre_logits")(y)
+        y = keras.layers.Dense(config.representation_size, activation="tanh", name="pre_logits",
+                               kernel_initializer=seeded_initializer("glorot_uniform", layer_seed(seed, "pre_logits")))(y)
     return keras.layers.Dense(
         num_classes,
         kernel_initializer="zeros",  # paper, section 3.2: a zero-initialised D x K head
@@ -262,15 +265,13 @@ def build_vit(
     height, width = _as_pair("image_size", image_size)
     check_image_shape((None, height, width, channels), config.patch_size, what="image_size")
     grid = (height // config.patch_size, width // config.patch_size)
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
 
     images = keras.Input((height, width, channels), name="images")  # (B, H, W, C)
     x = images if preprocessing is None else preprocessing(images)  # (B, H, W, C)
     patches = Patches(config.patch_size, name="patches")(x)  # (B, N, P*P*C)
     tokens = _patch_encoder(config, grid, seed)(patches)  # (B, 1+N, D)
     tokens = _encoder(tokens, config, seed)  # (B, 1+N, D)
-    outputs = _head(tokens, config, num_classes, include_top, classifier_activation)
+    outputs = _head(tokens, config, num_classes, include_top, classifier_activation, seed)
     if name is None:
         name = "vit_" + (preset_or_config if isinstance(preset_or_config, str) else "custom")
     return keras.Model(images, outputs, name=re.sub(r"[^A-Za-z0-9_.-]", "_", name))
@@ -279,8 +280,10 @@ def build_vit(
 # --------------------------------------------------------------------------- #
 # CNN baseline and the hybrid's stem
 # --------------------------------------------------------------------------- #
-def _conv_norm(x, filters, kernel, stride, name, activation=True):
-    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+def _conv_norm(x, filters, kernel, stride, name, activation=True, seed=None):
+    initializer = seeded_initializer("glorot_uniform", layer_seed(seed, f"{name}_conv"))
+    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                            kernel_initializer=initializer, name=f"{name}_conv")(x)
     # GroupNorm, as the paper's ResNets (BiT): no batch statistics, so no train/test
     # mismatch in the short, small-batch runs of this course (BatchNorm's moving
     # averages lag far behind there).
@@ -288,23 +291,23 @@ def _conv_norm(x, filters, kernel, stride, name, activation=True):
     return keras.layers.Activation("relu", name=f"{name}_relu")(x) if activation else x
 
 
-def _residual_block(x, filters, stride, name):
-    """ResNet basic block: two 3x3 conv-BN with a shortcut (1x1 conv when the shape changes)."""
+def _residual_block(x, filters, stride, name, seed=None):
+    """ResNet basic block: two 3x3 conv-GroupNorm with a shortcut (1x1 conv when the shape changes)."""
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv_norm(x, filters, 1, stride, f"{name}_shortcut", activation=False)
-    y = _conv_norm(x, filters, 3, stride, f"{name}_a")
-    y = _conv_norm(y, filters, 3, 1, f"{name}_b", activation=False)
+        shortcut = _conv_norm(x, filters, 1, stride, f"{name}_shortcut", activation=False, seed=seed)
+    y = _conv_norm(x, filters, 3, stride, f"{name}_a", seed=seed)
+    y = _conv_norm(y, filters, 3, 1, f"{name}_b", activation=False, seed=seed)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def resnet_stages(x, width, stages, blocks_per_stage, name="stage"):
+def resnet_stages(x, width, stages, blocks_per_stage, name="stage", seed=None):
     """Stages of residual blocks; stage s has width * 2**s channels and halves H, W (except the first)."""
     for s in range(stages):
         for b in range(blocks_per_stage):
             stride = 2 if (s > 0 and b == 0) else 1
-            x = _residual_block(x, width * 2**s, stride, name=f"{name}{s}_block{b}")
+            x = _residual_block(x, width * 2**s, stride, name=f"{name}{s}_block{b}", seed=seed)
     return x  # (B, H / 2**(stages-1), W / 2**(stages-1), width * 2**(stages-1))
 
 
@@ -348,14 +351,13 @@ def build_cnn(
     """
     _check_cnn_args(width, stages, blocks_per_stage)
     height, width_px = _as_pair("image_size", image_size)
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
     images = keras.Input((height, width_px, channels), name="images")  # (B, H, W, C)
     x = keras.layers.Rescaling(1.0, name="cast")(images)  # accepts uint8: cast to the compute dtype
-    x = _conv_norm(x, width, 3, 1, "stem")  # (B, H, W, width)
-    x = resnet_stages(x, width, stages, blocks_per_stage)  # (B, H', W', width * 2**(stages-1))
+    x = _conv_norm(x, width, 3, 1, "stem", seed=seed)  # (B, H, W, width)
+    x = resnet_stages(x, width, stages, blocks_per_stage, seed=seed)  # (B, H', W', width * 2**(stages-1))
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)  # (B, width * 2**(stages-1))
-    outputs = keras.layers.Dense(num_classes, activation=classifier_activation, dtype="float32", name="head")(x)
+    outputs = keras.layers.Dense(num_classes, activation=classifier_activation, dtype="float32", name="head",
+                                 kernel_initializer=seeded_initializer("glorot_uniform", layer_seed(seed, "head")))(x)
     return keras.Model(images, outputs, name=name)
 
 
@@ -399,16 +401,14 @@ def build_hybrid_vit(
     height, width = _as_pair("image_size", image_size)
     stride = 2 ** (stem_stages - 1)
     check_image_shape((None, height, width, channels), stride, what="image_size (for the stem's stride)")
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
     images = keras.Input((height, width, channels), name="images")  # (B, H, W, C)
     x = keras.layers.Rescaling(1.0, name="cast")(images)
-    x = _conv_norm(x, stem_width, 3, 1, "stem")  # (B, H, W, stem_width)
-    x = resnet_stages(x, stem_width, stem_stages, blocks_per_stage, name="stem_stage")  # (B, H/s, W/s, C')
+    x = _conv_norm(x, stem_width, 3, 1, "stem", seed=seed)  # (B, H, W, stem_width)
+    x = resnet_stages(x, stem_width, stem_stages, blocks_per_stage, name="stem_stage", seed=seed)  # (B, H/s, W/s, C')
     patches = Patches(1, name="patches")(x)  # (B, N, C'), N = HW / s^2
     tokens = _patch_encoder(config, (height // stride, width // stride), seed)(patches)  # (B, 1+N, D)
     tokens = _encoder(tokens, config, seed)  # (B, 1+N, D)
-    outputs = _head(tokens, config, num_classes, include_top, classifier_activation)
+    outputs = _head(tokens, config, num_classes, include_top, classifier_activation, seed)
     return keras.Model(images, outputs, name=name)
 
 

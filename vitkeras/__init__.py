@@ -8,19 +8,28 @@ tensorflow_datasets, safetensors and huggingface_hub load when a function needs 
 142026
 """
 
-from vitkeras import layers
-from vitkeras.layers import Patches, PatchEncoder, TokenPooling, TransformerBlock, unpatchify
-from vitkeras.pretrained import load_pretrained
-from vitkeras.models import (
-    PRESETS,
-    ViTConfig,
-    build_cnn,
-    build_hybrid_vit,
-    build_vit,
-    get_config,
-    parameter_breakdown,
-    with_intermediates,
-)
+import os as _os
+import sys as _sys
+
+from vitkeras.quiet import native_logs_filtered as _native_logs_filtered
+
+# Importing Keras loads TensorFlow, whose C++ start-up lines ("oneDNN custom operations are on",
+# "Could not find cuda drivers") are noise for the course: kept out unless VITKERAS_VERBOSE=1 or the
+# command line asks for --verbose. Any other native line is still shown (vitkeras.quiet).
+with _native_logs_filtered(enabled=_os.environ.get("VITKERAS_VERBOSE") != "1" and "--verbose" not in _sys.argv):
+    from vitkeras import layers
+    from vitkeras.layers import Patches, PatchEncoder, TokenPooling, TransformerBlock, unpatchify
+    from vitkeras.pretrained import load_pretrained
+    from vitkeras.models import (
+        PRESETS,
+        ViTConfig,
+        build_cnn,
+        build_hybrid_vit,
+        build_vit,
+        get_config,
+        parameter_breakdown,
+        with_intermediates,
+    )
 
 __version__ = "0.1.0"
 

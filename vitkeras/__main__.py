@@ -29,70 +29,35 @@ def _presets(args):
     return 0
 
 
+def _config_from_args(config_class, args):
+    """The experiment's config from the parsed arguments (the fields are the options)."""
+    import dataclasses
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)}
+    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 def _data_efficiency(args):
     from vitkeras import experiments
 
-    summary = experiments.data_efficiency(
-        dataset=args.dataset,
-        sizes=args.sizes,
-        epochs=args.epochs,
-        seeds=args.seeds,
-        model_kinds=args.models,
-        vit_preset=args.preset,
-        cnn_width=args.cnn_width,
-        recipe=args.recipe,
-        min_steps=args.min_steps,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        data_dir=args.data_dir,
-        out=args.out,
-        verbose=args.verbose,
-        precision=args.precision,
-    )
+    config = _config_from_args(experiments.DataEfficiencyConfig, args)
+    summary = experiments.data_efficiency(config)
     print(experiments.summary_table(summary))
-    print(f"wrote {args.out}/results.json and {args.out}/data_efficiency.png")
+    print(f"wrote {config.out}/results.json and {config.out}/data_efficiency.png")
     return 0
 
 
 def _train(args):
     from vitkeras import experiments
 
-    experiments.train(
-        model_kind=args.model,
-        dataset=args.dataset,
-        vit_preset=args.preset,
-        epochs=args.epochs,
-        recipe=args.recipe,
-        image_size=args.image_size,
-        data_dir=args.data_dir,
-        out=args.out,
-        seed=args.seed,
-        verbose="auto" if args.verbose else 2,
-        precision=args.precision,
-    )
+    experiments.train(_config_from_args(experiments.TrainConfig, args))
     return 0
 
 
 def _finetune(args):
     from vitkeras import experiments
 
-    experiments.finetune(
-        checkpoint=args.checkpoint,
-        dataset=args.dataset,
-        image_size=args.image_size,
-        linear_probe=args.linear_probe,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        train_size=args.train_size,
-        test_size=args.test_size,
-        data_dir=args.data_dir,
-        cache_dir=args.cache_dir,
-        out=args.out,
-        seed=args.seed,
-        verbose="auto" if args.verbose else 2,
-        precision=args.precision,
-    )
+    experiments.finetune(_config_from_args(experiments.FinetuneConfig, args))
     return 0
 
 
@@ -104,9 +69,6 @@ def _positive_float(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
-
-
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,11 +89,17 @@ def _positive_int(text):
 
 
 def _dataset_name(text):
-    from vitkeras.data import DATASET_NAMES
+    from vitkeras.data import DATASET_NAMES, split_classes
 
-    if text in DATASET_NAMES or (text.startswith("folder:") and len(text) > len("folder:")):
+    try:
+        base, _ = split_classes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if base in DATASET_NAMES or (base.startswith("folder:") and len(base) > len("folder:")):
         return text
-    raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; use {', '.join(DATASET_NAMES)} or folder:PATH")
+    raise argparse.ArgumentTypeError(
+        f"unknown dataset {text!r}; use {', '.join(DATASET_NAMES)} or folder:PATH, optionally with [class,class,...]"
+    )
 
 
 def _recipe_name(text):
@@ -152,6 +120,37 @@ def _preset_name(text):
     return text
 
 
+# Parsers for fields whose values need checking beyond their Python type.
+_FIELD_TYPES = {"dataset": "_dataset_name", "preset": "_preset_name", "recipe": "_recipe_name"}
+
+
+def _add_config_arguments(parser, config_class):
+    """One command-line option per config field: --field-name, its help and default from the field."""
+    import dataclasses
+
+    for field in dataclasses.fields(config_class):
+        meta = field.metadata
+        flag = meta.get("flag", "--" + field.name.replace("_", "-"))
+        default = field.default
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{meta['help']} (default: {shown})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=field.name, action="store_true", help=meta["help"])
+            continue
+        kind = meta.get("type")
+        if field.name in _FIELD_TYPES and "choices" not in meta:
+            kind = globals()[_FIELD_TYPES[field.name]]
+        elif kind is int:
+            kind = _positive_int if field.name not in ("seed", "seeds", "min_steps") else int
+        elif kind is float:
+            kind = _positive_float
+        parser.add_argument(
+            flag, dest=field.name, type=kind, nargs=meta.get("nargs"), choices=meta.get("choices"),
+            default=list(default) if isinstance(default, tuple) else default, help=help_text,
+            required=field.name == "checkpoint" and config_class.__name__ == "FinetuneConfig",
+        )
+
+
 def make_parser():
     parser = _Parser(prog="python -m vitkeras", description="vitkeras: the Vision Transformer in Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -160,92 +159,59 @@ def make_parser():
     presets.add_argument("--image-size", type=_positive_int, default=224, help="input resolution (default 224)")
     presets.add_argument("--num-classes", type=_positive_int, default=1000, help="head outputs (default 1000)")
     presets.set_defaults(run=_presets)
+    presets.epilog = "example: python -m vitkeras presets --only Ti/16 B/16"
 
-    from vitkeras.experiments import DEFAULT_EPOCHS, DEFAULT_MIN_STEPS, DEFAULT_SIZES, MODELS
+    from vitkeras import experiments
 
     efficiency = commands.add_parser(
         "data-efficiency",
         help="ViT vs CNN test accuracy as the training set grows (the course's main experiment)",
         description="Trains a ViT and a CNN of similar size with the same recipe on growing, stratified "
-        "training subsets and evaluates both on one test set. Writes OUT/results.json (after every "
+        "training subsets (and, with --models ... pretrained --checkpoint DIR, fine-tunes a pretrained ViT "
+        "on the same subsets) and evaluates all on one test set. Writes OUT/results.json (after every "
         "finished point; a rerun skips finished points) and OUT/data_efficiency.png.",
+        epilog="example: python -m vitkeras data-efficiency --sizes 100 300 --seeds 0 1",
     )
-    efficiency.add_argument("--dataset", type=_dataset_name, default="shapes",
-                            help="shapes (default, offline), shapes-translation, cifar10, cifar100, cats_vs_dogs, folder:PATH")
-    efficiency.add_argument("--sizes", type=_positive_int, nargs="+", default=list(DEFAULT_SIZES),
-                            help=f"training examples per class (default {' '.join(map(str, DEFAULT_SIZES))})")
-    efficiency.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,
-                            help=f"epochs per run, the same for every model (default {DEFAULT_EPOCHS})")
-    efficiency.add_argument("--min-steps", type=int, default=DEFAULT_MIN_STEPS,
-                            help=f"at least this many steps per run, so small subsets converge (default {DEFAULT_MIN_STEPS})")
-    efficiency.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (default 0)")
-    efficiency.add_argument("--models", nargs="+", choices=MODELS, default=["vit", "cnn"], help="models to compare")
-    efficiency.add_argument("--preset", type=_preset_name, default="Nano/4", help="ViT preset (default Nano/4)")
-    efficiency.add_argument("--cnn-width", type=_positive_int, default=None,
-                            help="CNN width (default: matched to the ViT's parameter count)")
-    efficiency.add_argument("--recipe", type=_recipe_name, default="scratch", help="training recipe (default scratch)")
-    efficiency.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
-    efficiency.add_argument("--image-size", type=_positive_int, default=None, help="resize images to this size")
-    efficiency.add_argument("--data-dir", default=None, help="tensorflow-datasets folder with a local copy")
-    efficiency.add_argument("--out", default="runs/data_efficiency", help="output folder (default runs/data_efficiency)")
-    efficiency.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0, help="Keras verbosity while training")
-    efficiency.add_argument("--precision", choices=PRECISIONS, default="auto",
-                            help="auto (float32 on CPU, mixed on GPU/TPU) or a Keras dtype policy")
+    _add_config_arguments(efficiency, experiments.DataEfficiencyConfig)
     efficiency.set_defaults(run=_data_efficiency)
 
-    train = commands.add_parser("train", help="train one model and report its test accuracy")
-    train.add_argument("--model", choices=MODELS, default="vit", help="vit (default), cnn or hybrid")
-    train.add_argument("--preset", type=_preset_name, default="Micro/4", help="ViT preset (default Micro/4)")
-    train.add_argument("--dataset", type=_dataset_name, default="shapes", help="as for data-efficiency")
-    train.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
-    train.add_argument("--recipe", type=_recipe_name, default="scratch", help="scratch (default), finetune, keras_example")
-    train.add_argument("--image-size", type=_positive_int, default=None, help="resize images to this size")
-    train.add_argument("--data-dir", default=None, help="tensorflow-datasets folder with a local copy")
-    train.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    train.add_argument("--out", default="runs/train", help="output folder; rerun to resume (default runs/train)")
-    train.add_argument("--verbose", action="store_true", help="show a progress bar")
-    train.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto (float32 on CPU, mixed on GPU/TPU) or a Keras dtype policy")
+    train = commands.add_parser(
+        "train", help="train one model and report its test accuracy",
+        epilog="example: python -m vitkeras train --model cnn --epochs 2",
+    )
+    _add_config_arguments(train, experiments.TrainConfig)
     train.set_defaults(run=_train)
 
     finetune = commands.add_parser(
         "finetune",
         help="fine-tune a pretrained ViT / DINOv2 checkpoint and report its test accuracy",
         description="Loads a Hugging Face checkpoint (directory or Hub id) into a vitkeras ViT, replaces its head "
-        "with a zero-initialised one, fine-tunes it (SGD, momentum 0.9, cosine schedule) and writes "
-        "OUT/result.json. Rerun to resume an interrupted run.",
+        "with a zero-initialised one and fine-tunes it with a recipe (default lp_ft: a linear probe of the new "
+        "head on frozen features, then all weights with AdamW at a small learning rate). Writes "
+        "OUT/result.json and OUT/model.keras. Rerun to resume an interrupted run.",
+        epilog="example: python -m vitkeras finetune --checkpoint facebook/dinov2-small --dataset cats_vs_dogs "
+        "--image-size 112 --train-size 1000",
     )
-    finetune.add_argument("--checkpoint", required=True,
-                          help="checkpoint directory or Hub id, e.g. google/vit-base-patch16-224-in21k, facebook/dinov2-small")
-    finetune.add_argument("--dataset", type=_dataset_name, default="cats_vs_dogs", help="cats_vs_dogs (default), cifar10, folder:PATH, ...")
-    finetune.add_argument("--linear-probe", action="store_true", help="train only the new head")
-    finetune.add_argument("--image-size", type=_positive_int, default=None, help="resolution (default: the checkpoint's)")
-    finetune.add_argument("--epochs", type=_positive_int, default=1, help="epochs (default 1)")
-    finetune.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default 64)")
-    finetune.add_argument("--learning-rate", type=_positive_float, default=None, help="peak learning rate (default 0.01)")
-    finetune.add_argument("--train-size", type=_positive_int, default=None, help="use only this many training images")
-    finetune.add_argument("--test-size", type=_positive_int, default=None, help="use only this many test images")
-    finetune.add_argument("--data-dir", default=None, help="tensorflow-datasets folder with a local copy")
-    finetune.add_argument("--cache-dir", default=None, help="Hugging Face download cache (default ~/.cache/huggingface)")
-    finetune.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    finetune.add_argument("--out", default="runs/finetune", help="output folder; rerun to resume (default runs/finetune)")
-    finetune.add_argument("--verbose", action="store_true", help="show a progress bar")
-    finetune.add_argument("--precision", choices=PRECISIONS, default="auto",
-                          help="auto (float32 on CPU, mixed on GPU/TPU) or a Keras dtype policy")
+    _add_config_arguments(finetune, experiments.FinetuneConfig)
     finetune.set_defaults(run=_finetune)
     return parser
 
 
 def main(argv=None):
-    args = make_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except KeyboardInterrupt:
-        print("interrupted; finished results are kept in the output folder (rerun to continue)", file=sys.stderr)
-        return 130
-    except (ValueError, RuntimeError, OSError) as error:
-        print(f"python -m vitkeras {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # TensorFlow's native start-up lines are noise for the course; --verbose shows them (see vitkeras.quiet).
+    from vitkeras.quiet import native_logs_filtered
+
+    with native_logs_filtered(enabled="--verbose" not in argv):
+        args = make_parser().parse_args(argv)
+        try:
+            return args.run(args)
+        except KeyboardInterrupt:
+            print("interrupted; finished results are kept in the output folder (rerun to continue)", file=sys.stderr)
+            return 130
+        except (ValueError, RuntimeError, OSError) as error:
+            print(f"python -m vitkeras {args.command}: error: {error}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -1,10 +1,19 @@
-"""The course's experiments as functions that return results and write JSON and plots.
+"""The course's experiments: one config dataclass each, a function that runs it, results as JSON and plots.
 
-`data_efficiency` is the central one: a ViT and a CNN of similar size, trained
-with the same recipe for the same epochs on growing training subsets,
-evaluated on one fixed test set (paper section 4.3, Figures 3 and 4).
-Results are written after every finished point, atomically, so an interrupted
-run keeps what it finished and a rerun with the same settings skips it.
+Every experiment has one frozen dataclass whose fields are its options, each
+default explained once, in its field's help text. The Python API, the command
+line (`python -m vitkeras`, built from the same fields) and the notebooks all
+build that config, so a new option is written in one place:
+
+    config = DataEfficiencyConfig(sizes=(100, 300), seeds=(0, 1))
+    summary = data_efficiency(config)          # or data_efficiency(sizes=(100, 300), seeds=(0, 1))
+
+- `data_efficiency`: ViT vs CNN (vs a fine-tuned pretrained ViT) test accuracy
+  as the training set grows (paper section 4.3, Figures 3 and 4). Results are
+  written after every finished point, atomically, so an interrupted run keeps
+  what it finished and a rerun with the same settings skips it.
+- `train`: one model on one dataset.
+- `finetune`: a pretrained checkpoint fine-tuned (or linear-probed) on a dataset.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -27,9 +37,14 @@ from vitkeras import models, pretrained, training
 __all__ = [
     "MODELS",
     "DEFAULT_SIZES",
+    "DataEfficiencyConfig",
+    "TrainConfig",
+    "FinetuneConfig",
     "build_model",
     "matched_cnn_width",
     "train_and_evaluate",
+    "train_linear_probe",
+    "fine_tune",
     "data_efficiency",
     "plot_data_efficiency",
     "summary_table",
@@ -38,14 +53,14 @@ __all__ = [
     "machine_description",
 ]
 
-MODELS = ("vit", "cnn", "hybrid")
+MODELS = ("vit", "cnn", "hybrid", "pretrained")
 # The default data-efficiency run (embedded dataset, 6 classes, 16x16 images): examples
 # per class, epochs, and the fewest optimizer steps of a run (so that small subsets are
-# trained to convergence, not stopped after a handful of steps). Measured to finish in
-# under 5 minutes on 2 CPU cores; see benchmarks/RESULTS.md.
+# trained to convergence, not stopped after a handful of steps). See benchmarks/RESULTS.md.
 DEFAULT_SIZES = (100, 300, 1000, 3000)
 DEFAULT_EPOCHS = 8
 DEFAULT_MIN_STEPS = 400
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def machine_description():
@@ -81,8 +96,165 @@ def matched_cnn_width(target_params, image_size, num_classes, **cnn_kwargs):
     return min(candidates, key=lambda w: abs(candidates[w] - target_params))
 
 
+# --------------------------------------------------------------------------- #
+# Configs: one dataclass per experiment; the CLI is built from their fields
+# --------------------------------------------------------------------------- #
+def option(default, help, **cli):
+    """A config field: its default, the one sentence that explains it, and how the CLI spells it.
+
+    `cli` may hold `flag` (default `--field-name`), `type` (a parser for one value),
+    `nargs`, `choices` and `metavar`; a bool field becomes a switch.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+def config_from(config_class, config=None, options=None):
+    """`config` (a `config_class` or None) with `options` replaced; unknown options are an error."""
+    options = dict(options or {})
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} for {config_class.__name__}; known: {sorted(fields)}.")
+    if config is None:
+        return config_class(**options)
+    if not isinstance(config, config_class):
+        raise TypeError(f"Expected a {config_class.__name__}, got {type(config).__name__}.")
+    return dataclasses.replace(config, **options)
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
+
+
+def _check_positive(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataEfficiencyConfig:
+    """Options of `data_efficiency`: ViT vs CNN (vs pretrained) test accuracy as the training set grows."""
+
+    dataset: str = option("shapes", "a dataset name: shapes (embedded, offline), shapes-translation, cifar10, "
+                          "cifar100, cats_vs_dogs or folder:PATH")
+    sizes: tuple = option(DEFAULT_SIZES, "training examples per class, one stratified seeded subset per size",
+                          nargs="+", type=int)
+    epochs: int = option(DEFAULT_EPOCHS, "passes over each subset, the same for every scratch model", type=int)
+    min_steps: int = option(DEFAULT_MIN_STEPS, "at least this many optimizer steps per scratch run, so that "
+                            "small subsets are trained long enough", type=int)
+    seeds: tuple = option((0,), "one run per seed for every size and model (subset, init, augmentation)",
+                          nargs="+", type=int)
+    models: tuple = option(("vit", "cnn"), "models to compare: vit, cnn, hybrid, pretrained (needs --checkpoint)",
+                           nargs="+", choices=MODELS)
+    preset: str = option("Nano/4", "ViT preset of the scratch ViT (and the hybrid)")
+    cnn_width: int | None = option(None, "CNN width (None: matched to the ViT's parameter count)", type=int)
+    recipe: object = option("scratch", "training recipe of the scratch models (a name in training.RECIPES "
+                            "or a training.Recipe)")
+    batch_size: int = option(64, "training batch size of the scratch models", type=int)
+    image_size: int | None = option(None, "resize images to this size (None: the dataset's own; 16 for shapes)",
+                                    type=int)
+    checkpoint: str | None = option(None, "pretrained checkpoint (directory or Hub id) for the pretrained model")
+    pretrained_image_size: int = option(112, "resolution the pretrained model is fine-tuned at (images are "
+                                        "resized to it; a multiple of the checkpoint's patch size)", type=int)
+    pretrained_recipe: str = option(training.DEFAULT_FINETUNE_RECIPE, "fine-tuning recipe of the pretrained model",
+                                    choices=tuple(training.FINETUNE_RECIPES))
+    pretrained_epochs: int = option(1, "fine-tuning epochs of the pretrained model", type=int)
+    data_dir: str | None = option(None, "tensorflow-datasets folder with a local copy")
+    cache_dir: str | None = option(None, "Hugging Face download cache")
+    out: str = option("runs/data_efficiency", "output folder: results.json (resumable) and data_efficiency.png")
+    precision: str = option("auto", "auto (float32 on CPU, mixed precision on GPUs/TPUs) or a Keras dtype policy",
+                            choices=PRECISIONS)
+    verbose: bool = option(False, "show Keras progress bars and library log lines")
+
+    def validate(self):
+        """Errors about the options alone, before any data is read."""
+        bad = [k for k in self.models if k not in MODELS]
+        if bad or not self.models:
+            raise ValueError(f"Unknown model kind(s) {bad or list(self.models)}; allowed: {list(MODELS)}.")
+        if "pretrained" in self.models and not self.checkpoint:
+            raise ValueError("The 'pretrained' model needs a checkpoint (CLI: --checkpoint DIR_OR_HUB_ID).")
+        for size in self.sizes:
+            _check_positive("each of sizes", size)
+        _check_positive("epochs", self.epochs)
+        _check_positive("pretrained_epochs", self.pretrained_epochs)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("pretrained_recipe", self.pretrained_recipe, training.FINETUNE_RECIPES)
+        training.get_recipe(self.recipe)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Options of `train`: one model on one dataset's train split, tested on its test split."""
+
+    model: str = option("vit", "vit, cnn or hybrid", choices=MODELS[:3])
+    preset: str = option("Micro/4", "ViT preset")
+    dataset: str = option("shapes", "a dataset name, as for data-efficiency")
+    epochs: int = option(10, "passes over the training split", type=int)
+    recipe: object = option("scratch", "training recipe (a name in training.RECIPES or a training.Recipe)")
+    image_size: int | None = option(None, "resize images to this size (None: the dataset's own)", type=int)
+    cnn_width: int | None = option(None, "CNN width (None: matched to the ViT preset's parameter count)", type=int)
+    data_dir: str | None = option(None, "tensorflow-datasets folder with a local copy")
+    seed: int = option(0, "seed of the initial weights, shuffling and augmentation", type=int)
+    out: str = option("runs/train", "output folder: history.json (rerun to resume) and result.json")
+    precision: str = option("auto", "auto (float32 on CPU, mixed precision on GPUs/TPUs) or a Keras dtype policy",
+                            choices=PRECISIONS)
+    verbose: bool = option(False, "show Keras progress bars (else one line per epoch)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Options of `finetune`: a pretrained ViT / DINOv2 checkpoint fine-tuned on a dataset."""
+
+    checkpoint: str | None = option(None, "checkpoint directory or Hub id, e.g. google/vit-base-patch16-224-in21k, "
+                                    "facebook/dinov2-small")
+    dataset: str = option("cats_vs_dogs", "a dataset name: cats_vs_dogs, cifar10, cifar100, folder:PATH, ...")
+    recipe: str = option(training.DEFAULT_FINETUNE_RECIPE, "fine-tuning recipe: lp_ft (linear probe, then all "
+                         "weights), adamw_head, llrd, paper_sgd (the paper's SGD, meant for batch 512)",
+                         choices=tuple(training.FINETUNE_RECIPES))
+    linear_probe: bool = option(False, "train only the new head, on frozen features (a linear probe)")
+    image_size: int | None = option(None, "resolution (None: the checkpoint's; a multiple of its patch size)",
+                                    type=int)
+    epochs: int = option(1, "fine-tuning epochs over the training split (LP-FT: after the probe)", type=int)
+    batch_size: int | None = option(None, "batch size (None: the recipe's, 32; paper_sgd 512)", type=int)
+    learning_rate: float | None = option(None, "peak learning rate of the pretrained weights (None: the recipe's)",
+                                         type=float)
+    train_size: int | None = option(None, "use this many training images, a stratified seeded sample", type=int)
+    test_size: int | None = option(None, "use this many test images, a stratified seeded sample", type=int)
+    data_dir: str | None = option(None, "tensorflow-datasets folder with a local copy")
+    cache_dir: str | None = option(None, "Hugging Face download cache (default ~/.cache/huggingface)")
+    seed: int = option(0, "seed of the head, the subsets, shuffling and augmentation", type=int)
+    out: str = option("runs/finetune", "output folder: result.json, history.json (rerun to resume), model.keras")
+    precision: str = option("auto", "auto (float32 on CPU, mixed precision on GPUs/TPUs) or a Keras dtype policy",
+                            choices=PRECISIONS)
+    verbose: bool = option(False, "show Keras progress bars (else one line per epoch)")
+
+    def make_recipe(self):
+        """The recipe with this config's batch size and learning rate; an unknown recipe is an error."""
+        if self.recipe not in training.FINETUNE_RECIPES:
+            raise ValueError(f"Unknown fine-tuning recipe {self.recipe!r}; allowed: {list(training.FINETUNE_RECIPES)}.")
+        return training.get_recipe(self.recipe, batch_size=self.batch_size, learning_rate=self.learning_rate)
+
+    def validate(self):
+        """Errors about the options alone, before any checkpoint or data is read."""
+        if not self.checkpoint:
+            raise ValueError("finetune needs a checkpoint: a directory or a Hub id (CLI: --checkpoint).")
+        self.make_recipe()
+        _check_positive("epochs", self.epochs)
+        for name in ("batch_size", "image_size", "train_size", "test_size"):
+            _check_positive(name, getattr(self, name), allow_none=True)
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}.")
+        _check_choice("precision", self.precision, PRECISIONS)
+
+
+# --------------------------------------------------------------------------- #
+# Models and one training run
+# --------------------------------------------------------------------------- #
 def build_model(kind, image_size, num_classes, vit_preset="Nano/4", cnn_width=None, seed=0, **vit_overrides):
-    """One of the compared models: "vit", "cnn" (width matched to the ViT unless given) or "hybrid"."""
+    """One of the scratch models: "vit", "cnn" (width matched to the ViT unless given) or "hybrid"."""
     if kind == "vit":
         return models.build_vit(vit_preset, image_size=image_size, num_classes=num_classes, seed=seed, **vit_overrides)
     if kind == "cnn":
@@ -95,7 +267,7 @@ def build_model(kind, image_size, num_classes, vit_preset="Nano/4", cnn_width=No
             vit_preset, image_size=image_size, num_classes=num_classes, stem_width=16, stem_stages=2, seed=seed,
             **vit_overrides,
         )
-    raise ValueError(f"Unknown model kind {kind!r}; allowed: {list(MODELS)}.")
+    raise ValueError(f"Unknown model kind {kind!r}; allowed: {list(MODELS[:3])} (and 'pretrained' in data_efficiency).")
 
 
 def train_and_evaluate(
@@ -118,17 +290,139 @@ def train_and_evaluate(
     start = time.perf_counter()
     history = training.fit(model, train_batches, epochs, steps_per_epoch, out_dir=out_dir, verbose=verbose)
     seconds = time.perf_counter() - start
-    accuracy = float(model.evaluate(test_batches, verbose=0, return_dict=True)["accuracy"])
-    return accuracy, epochs, seconds, history
+    return evaluate(model, test_batches), epochs, seconds, history
+
+
+def evaluate(model, batches):
+    """Top-1 accuracy of `model` on (images, one-hot labels) batches, read to their end.
+
+    A folder's stream has an unknown length (`ignore_errors` drops files TensorFlow
+    cannot decode), and Keras warns "Your input ran out of data" when such a finite
+    stream ends, which is exactly what evaluation expects: that one warning is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        return float(model.evaluate(batches, verbose=0, return_dict=True)["accuracy"])
+
+
+# --------------------------------------------------------------------------- #
+# Fine-tuning a pretrained model: linear probe, LP-FT, one-stage recipes
+# --------------------------------------------------------------------------- #
+def _features(model, batches):
+    """(features, one-hot labels) of every batch: the input of the model's head, computed once."""
+    feature_model = keras.Model(model.input, model.get_layer("head").input)
+    features, labels = [], []
+    for images, onehot in batches.as_numpy_iterator():
+        features.append(keras.ops.convert_to_numpy(feature_model(images, training=False)).astype("float32"))
+        labels.append(onehot)
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def train_linear_probe(model, batches, recipe, seed=0):
+    """Trains the model's head alone on frozen features (a linear probe); the rest is untouched.
+
+    The features (the head's input) are computed once, without augmentation, in one
+    forward pass over `batches`; then the head trains for `recipe.probe_epochs` full
+    passes over them with AdamW (`probe_learning_rate`, `probe_weight_decay`, cosine):
+    logistic regression on the features, cheap next to a forward pass.
+
+    Args:
+        model: a model with a layer named "head" (from `vitkeras.load_pretrained`).
+        batches: (images, one-hot labels) batches, not augmented, finite.
+        recipe: a Recipe (or name) with the probe fields.
+        seed: order of the examples.
+
+    Returns:
+        {"seconds": ..., "feature_seconds": ..., "train_accuracy": ...}
+    """
+    recipe = training.get_recipe(recipe)
+    start = time.perf_counter()
+    features, labels = _features(model, batches)  # (n, D), (n, K)
+    feature_seconds = time.perf_counter() - start
+    order = np.random.default_rng(seed).permutation(len(features))
+    features, labels = features[order], labels[order]
+    head = model.get_layer("head")
+    inputs = keras.Input(features.shape[1:], name="features")
+    probe = keras.Model(inputs, head(inputs), name="linear_probe")  # shares the head's weights
+    batch_size = min(256, len(features))
+    steps = recipe.probe_epochs * math.ceil(len(features) / batch_size)
+    probe.compile(
+        optimizer=keras.optimizers.AdamW(
+            keras.optimizers.schedules.CosineDecay(recipe.probe_learning_rate, steps),
+            weight_decay=recipe.probe_weight_decay,
+        ),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    history = probe.fit(features, labels, batch_size=batch_size, epochs=recipe.probe_epochs, shuffle=False, verbose=0)
+    return {
+        "seconds": round(time.perf_counter() - start, 2),
+        "feature_seconds": round(feature_seconds, 2),
+        "train_accuracy": float(history.history["accuracy"][-1]),
+    }
+
+
+def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_probe=False, seed=0,
+              out_dir=None, verbose=0, resize=None, log=None):
+    """Fine-tunes a pretrained model with a recipe: linear probe, LP-FT or one stage.
+
+    Args:
+        model: from `vitkeras.load_pretrained(..., num_classes=K)`; takes [0, 255] images.
+        train: ArrayData or a tf.data stream of (uint8 image, label) (`vitkeras.data.load`).
+        num_examples: its size (steps per epoch come from it).
+        num_classes: K.
+        recipe: a fine-tuning Recipe or name (`training.FINETUNE_RECIPES`).
+        epochs: fine-tuning epochs of all weights (not used by a linear probe).
+        linear_probe: only the head trains, on frozen features.
+        seed: shuffling and augmentation.
+        out_dir: where `training.fit` keeps history.json and its backup (resume).
+        verbose: Keras verbosity of the fine-tuning epochs.
+        resize: resize images to this size in the pipeline (e.g. 32-px CIFAR to 112).
+        log: a function for one progress line per stage (None: quiet).
+
+    Returns:
+        {"probe": {...} or None, "seconds": all stages, "finetune_seconds", "seconds_per_epoch",
+         "steps_per_epoch", "history"}
+    """
+    recipe = training.get_recipe(recipe)
+    batch = min(recipe.batch_size, num_examples)
+    start = time.perf_counter()
+    probe = None
+    if linear_probe or recipe.linear_probe_first:
+        plain = vdata.make_pipeline(train, 64, num_classes, rescale=1.0, resize=resize)
+        probe = train_linear_probe(model, plain, recipe, seed=seed)
+        if log:
+            log(f"  linear probe: {num_examples} images, features in {probe['feature_seconds']:.0f} s, "
+                f"head trained to {probe['train_accuracy']:.3f} training accuracy")
+    history, steps_per_epoch, finetune_seconds = {}, 0, 0.0
+    if not linear_probe:
+        steps_per_epoch = max(1, num_examples // batch)
+        batches = vdata.make_pipeline(train, batch, num_classes, training=True, augmentation=recipe.augmentation,
+                                      rescale=1.0, seed=seed, repeat=True, resize=resize)
+        for layer in model.layers:
+            layer.trainable = True
+        training.compile_model(model, recipe, total_steps=epochs * steps_per_epoch)
+        fit_start = time.perf_counter()
+        history = training.fit(model, batches, epochs, steps_per_epoch, out_dir=out_dir, verbose=verbose)
+        finetune_seconds = time.perf_counter() - fit_start
+    else:
+        training.compile_model(model, recipe, total_steps=1)  # loss and accuracy for evaluate and save
+    return {
+        "probe": probe,
+        "seconds": round(time.perf_counter() - start, 2),
+        "finetune_seconds": round(finetune_seconds, 2),
+        "seconds_per_epoch": round(finetune_seconds / epochs, 2) if not linear_probe else None,
+        "steps_per_epoch": steps_per_epoch,
+        "batch_size": batch,
+        "history": history,
+    }
 
 
 class _Precision:
     """Sets the global dtype policy for an experiment ("auto": the one the device should use) and restores it."""
 
     def __init__(self, precision):
-        allowed = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-        if precision not in allowed:
-            raise ValueError(f"precision must be one of {list(allowed)}, got {precision!r}.")
+        _check_choice("precision", precision, PRECISIONS)
         self.policy = training.choose_precision() if precision == "auto" else precision
 
     def __enter__(self):
@@ -141,6 +435,103 @@ class _Precision:
         return False
 
 
+def _keras_verbosity(verbose, quiet=2):
+    return "auto" if verbose else quiet
+
+
+# --------------------------------------------------------------------------- #
+# finetune
+# --------------------------------------------------------------------------- #
+def _finetune_resolution(config):
+    """(checkpoint directory, PretrainedInfo, image size); a size that does not fit the patches is an error."""
+    directory = pretrained.resolve_checkpoint(config.checkpoint, config.cache_dir)
+    info = pretrained.read_pretrained_info(directory)
+    size = int(config.image_size or info.image_size[0])
+    pretrained.check_image_size(info, size)
+    return directory, info, size
+
+
+def _finetune_data(config, size):
+    """(train stream, train info, test stream, test info), stratified seeded subsets when sizes are given."""
+    train, train_info = vdata.load(config.dataset, "train", image_size=size, data_dir=config.data_dir,
+                                   max_examples=config.train_size, subset_seed=config.seed)
+    test, test_info = vdata.load(config.dataset, "test", image_size=size, data_dir=config.data_dir,
+                                 max_examples=config.test_size, subset_seed=config.seed)
+    return train, train_info, test, test_info
+
+
+def finetune(config=None, log=print, **options):
+    """Fine-tunes a pretrained checkpoint on a dataset and reports test accuracy (paper section 3.2).
+
+    The checkpoint's head is replaced by a zero-initialised K-class head. The
+    default recipe, "lp_ft", first trains that head alone on frozen features (a
+    linear probe), then fine-tunes all weights with AdamW at a small learning
+    rate; `linear_probe=True` stops after the probe. Images are resized to the
+    checkpoint's resolution (or `image_size`) and fed in [0, 255]: the model
+    applies the checkpoint's own normalisation. Every bad option is reported
+    before any training starts. Writes `out/history.json` (resumable),
+    `out/result.json` and the fine-tuned model `out/model.keras`.
+
+    Args:
+        config: a `FinetuneConfig` (None: the defaults).
+        log: function that prints progress.
+        **options: `FinetuneConfig` fields that replace the config's.
+
+    Returns:
+        The result dict written to `out/result.json`.
+    """
+    config = config_from(FinetuneConfig, config, options)
+    config.validate()
+    recipe = config.make_recipe()
+    out = Path(config.out)
+    with _Precision(config.precision) as policy:
+        directory, info, size = _finetune_resolution(config)
+        train, train_info, test, test_info = _finetune_data(config, size)
+        model = pretrained.load_pretrained(directory, image_size=size, num_classes=train_info.num_classes,
+                                           linear_probe=config.linear_probe, seed=config.seed)
+        log(f"fine-tuning {info.model_type} from {config.checkpoint} ({model.count_params():,} parameters) on "
+            f"{config.dataset} at {size}x{size}: {train_info.num_examples} training images, recipe {recipe.name}"
+            f"{' (linear probe only)' if config.linear_probe else ''}")
+        run = fine_tune(model, train, train_info.num_examples, train_info.num_classes, recipe, config.epochs,
+                        linear_probe=config.linear_probe, seed=config.seed, out_dir=out,
+                        verbose=_keras_verbosity(config.verbose), log=log)
+        accuracy = evaluate(model, vdata.make_pipeline(test, 64, train_info.num_classes, rescale=1.0))
+        out.mkdir(parents=True, exist_ok=True)
+        model.save(out / "model.keras")
+    result = _finetune_result(config, recipe, info, size, train_info, test_info, model, run, accuracy, policy)
+    training.write_json_atomic(out / "result.json", result)
+    log(f"test accuracy {accuracy:.4f} ({run['seconds']:.0f} s of training); wrote {out / 'result.json'}")
+    return result
+
+
+def _finetune_result(config, recipe, info, size, train_info, test_info, model, run, accuracy, policy):
+    return {
+        "checkpoint": str(config.checkpoint),
+        "model_type": info.model_type,
+        "dataset": config.dataset,
+        "image_size": size,
+        "recipe": recipe.name,
+        "linear_probe": bool(config.linear_probe),
+        "train_size": train_info.num_examples,
+        "test_size": test_info.num_examples,
+        "train_class_counts": np.bincount(train_info.labels, minlength=train_info.num_classes).tolist()
+        if train_info.labels is not None else None,
+        "test_accuracy": accuracy,
+        "epochs": 0 if config.linear_probe else int(config.epochs),
+        "parameters": model.count_params(),
+        "trainable_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        **{k: v for k, v in run.items() if k != "history"},
+        "recipe_details": dataclasses.asdict(recipe),
+        "config": dataclasses.asdict(config),
+        "precision": policy,
+        "machine": machine_description(),
+        "history": run["history"],
+    }
+
+
+# --------------------------------------------------------------------------- #
+# data_efficiency
+# --------------------------------------------------------------------------- #
 def _load_results(path, settings):
     if not path.exists():
         return []
@@ -153,126 +544,123 @@ def _load_results(path, settings):
     return stored["results"]
 
 
-def data_efficiency(
-    dataset="shapes",
-    sizes=DEFAULT_SIZES,
-    epochs=DEFAULT_EPOCHS,
-    seeds=(0,),
-    model_kinds=("vit", "cnn"),
-    vit_preset="Nano/4",
-    cnn_width=None,
-    recipe="scratch",
-    min_steps=DEFAULT_MIN_STEPS,
-    batch_size=64,
-    image_size=None,
-    data_dir=None,
-    out="runs/data_efficiency",
-    verbose=0,
-    log=print,
-    precision="auto",
-):
-    """ViT vs CNN test accuracy as the training set grows.
-
-    Args:
-        dataset: a name accepted by `vitkeras.data.load_arrays` ("shapes", "cifar10", "folder:PATH", ...).
-        sizes: training examples per class, one run per size (stratified, seeded subsets).
-        epochs: passes over the training subset (the same for every model).
-        seeds: one run per seed for every size and model (subset, init and augmentation).
-        model_kinds: any of "vit", "cnn", "hybrid".
-        vit_preset: ViT preset; the CNN's width is matched to its parameter count unless `cnn_width`.
-        recipe: training recipe name (see `vitkeras.training.RECIPES`) or a `Recipe`,
-            e.g. `training.get_recipe("scratch", augmentation="strong")`.
-        min_steps: at least this many optimizer steps per run (small subsets get more epochs,
-            the same for every model).
-        batch_size: training batch size (None: the recipe's).
-        image_size: resize images (None: the dataset's own size; 32 for shapes).
-        data_dir: tensorflow-datasets folder for local copies.
-        out: output folder: results.json and data_efficiency.png.
-        verbose: Keras verbosity while training.
-        log: function that prints progress.
-        precision: "auto" (float32 on CPU, mixed precision on GPUs/TPUs, see
-            `vitkeras.training.choose_precision`) or a Keras dtype policy name.
-
-    Returns:
-        {"settings": {...}, "results": [{"model", "train_size", "seed", "test_accuracy", "epochs", "seconds", ...}]}
-    """
-    with _Precision(precision) as policy:
-        return _data_efficiency(
-            dataset, sizes, epochs, seeds, model_kinds, vit_preset, cnn_width, recipe, min_steps, batch_size,
-            image_size, data_dir, Path(out), verbose, log, policy,
-        )
-
-
-def _data_efficiency(
-    dataset, sizes, epochs, seeds, model_kinds, vit_preset, cnn_width, recipe, min_steps, batch_size,
-    image_size, data_dir, out, verbose, log, policy,
-):
-    sizes = sorted(int(s) for s in sizes)
-    bad = [k for k in model_kinds if k not in MODELS]
-    if bad:
-        raise ValueError(f"Unknown model kind(s) {bad}; allowed: {list(MODELS)}.")
-    train_all = vdata.load_arrays(dataset, "train", image_size=image_size, data_dir=data_dir)
-    test = vdata.load_arrays(dataset, "test", image_size=image_size, data_dir=data_dir)
-    num_classes, size_px = train_all.num_classes, train_all.images.shape[1]
+def _efficiency_data(config):
+    """(train pool, test set) as ArrayData; sizes larger than the pool's smallest class are an error."""
+    train_all = vdata.load_arrays(config.dataset, "train", image_size=config.image_size, data_dir=config.data_dir)
+    test = vdata.load_arrays(config.dataset, "test", image_size=config.image_size, data_dir=config.data_dir)
     largest = int(np.bincount(train_all.labels).min())
-    if sizes[-1] > largest:
-        raise ValueError(f"--sizes goes up to {sizes[-1]} per class, but {dataset!r} has only {largest} per class.")
-    width = cnn_width  # the CNN's width, matched to the ViT once (not for every run) unless given
-    if "cnn" in model_kinds and width is None:
-        target = models.build_vit(vit_preset, image_size=size_px, num_classes=num_classes).count_params()
+    if max(config.sizes) > largest:
+        raise ValueError(f"sizes go up to {max(config.sizes)} per class, but {config.dataset!r} has only "
+                         f"{largest} per class; allowed: 1 to {largest}.")
+    return train_all, test
+
+
+def _efficiency_models(config, size_px, num_classes):
+    """(CNN width, {kind: parameter count}): the CNN's width is matched to the ViT once, not per run."""
+    width = config.cnn_width
+    if "cnn" in config.models and width is None:
+        target = models.build_vit(config.preset, image_size=size_px, num_classes=num_classes).count_params()
         width = matched_cnn_width(target, size_px, num_classes)
-    params = {kind: build_model(kind, size_px, num_classes, vit_preset, width).count_params() for kind in model_kinds}
-    recipe_obj = training.get_recipe(recipe)
+    params = {}
+    for kind in config.models:
+        if kind == "pretrained":
+            info = pretrained.read_pretrained_info(pretrained.resolve_checkpoint(config.checkpoint, config.cache_dir))
+            pretrained.check_image_size(info, config.pretrained_image_size)
+            params[kind] = models.build_vit(info.config, image_size=config.pretrained_image_size,
+                                            num_classes=num_classes).count_params()
+        else:
+            params[kind] = build_model(kind, size_px, num_classes, config.preset, width).count_params()
+    return width, params
+
+
+def _efficiency_settings(config, train_all, test, width, params, policy):
+    recipe = training.get_recipe(config.recipe)
     key = dict(
-        dataset=dataset, sizes=sizes, epochs=epochs, models=list(model_kinds), vit_preset=vit_preset,
-        cnn_width=cnn_width,
+        dataset=config.dataset, sizes=sorted(config.sizes), epochs=config.epochs, models=list(config.models),
+        vit_preset=config.preset, cnn_width=config.cnn_width,
         # A named recipe by name (keeps existing results files valid); a modified one by all its fields.
-        recipe=recipe_obj.name if recipe_obj == training.RECIPES.get(recipe_obj.name) else dataclasses.asdict(recipe_obj),
-        min_steps=min_steps, batch_size=batch_size, image_size=size_px,
+        recipe=recipe.name if recipe == training.RECIPES.get(recipe.name) else dataclasses.asdict(recipe),
+        min_steps=config.min_steps, batch_size=config.batch_size, image_size=int(train_all.images.shape[1]),
     )
-    settings = {
+    if "pretrained" in config.models:
+        key.update(checkpoint=str(config.checkpoint), pretrained_image_size=config.pretrained_image_size,
+                   pretrained_recipe=config.pretrained_recipe, pretrained_epochs=config.pretrained_epochs)
+    return {
         "key": json.dumps(key, sort_keys=True),
         **key,
-        "seeds": list(seeds),
+        "seeds": list(config.seeds),
         "parameters": params,
         "cnn_width_used": width,
-        "recipe_details": dataclasses.asdict(recipe_obj),
+        "recipe_details": dataclasses.asdict(recipe),
         "train_pool": len(train_all),
         "test_size": len(test),
-        "num_classes": num_classes,
+        "num_classes": train_all.num_classes,
         "precision": policy,
         "machine": machine_description(),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    results = _load_results(out / "results.json", settings)
-    done = {(r["model"], r["train_size"], r["seed"]) for r in results}
-    log(f"data-efficiency on {dataset}: {num_classes} classes, test set {len(test)}, parameters {params}")
-    for seed in seeds:
-        for per_class in sizes:
-            subset = train_all.take(vdata.stratified_subset(train_all.labels, per_class, seed=seed))
-            for kind in model_kinds:
-                if (kind, len(subset), seed) in done:
-                    continue
-                keras.backend.clear_session()
-                model = build_model(kind, size_px, num_classes, vit_preset, width, seed=seed)
-                accuracy, run_epochs, seconds, _ = train_and_evaluate(
-                    model, subset, test, recipe_obj, epochs, min_steps=min_steps, seed=seed, verbose=verbose,
-                    batch_size=batch_size,
-                )
-                results.append(
-                    {
-                        "model": kind,
-                        "train_size": len(subset),
-                        "seed": seed,
-                        "test_accuracy": accuracy,
-                        "epochs": run_epochs,
-                        "seconds": round(seconds, 2),
-                        "parameters": params[kind],
-                    }
-                )
-                training.write_json_atomic(out / "results.json", {"settings": settings, "results": results})
-                log(f"  {kind:<6} n={len(subset):>6} seed={seed}: test accuracy {accuracy:.3f} "
-                    f"({run_epochs} epochs, {seconds:.0f} s)")
+
+
+def _efficiency_point(config, kind, subset, test, width, seed):
+    """Trains one (model, subset, seed) point and returns its result row (without bookkeeping fields)."""
+    keras.backend.clear_session()
+    num_classes = subset.num_classes
+    if kind == "pretrained":
+        size = config.pretrained_image_size
+        model = pretrained.load_pretrained(config.checkpoint, image_size=size, num_classes=num_classes,
+                                           cache_dir=config.cache_dir, seed=seed)
+        run = fine_tune(model, subset, len(subset), num_classes, config.pretrained_recipe, config.pretrained_epochs,
+                        seed=seed, verbose=_keras_verbosity(config.verbose, quiet=0), resize=size)
+        accuracy = evaluate(model, vdata.make_pipeline(test, 64, num_classes, rescale=1.0, resize=size))
+        return {"test_accuracy": accuracy, "epochs": config.pretrained_epochs, "seconds": run["seconds"]}
+    model = build_model(kind, subset.images.shape[1], num_classes, config.preset, width, seed=seed)
+    accuracy, epochs, seconds, _ = train_and_evaluate(
+        model, subset, test, config.recipe, config.epochs, min_steps=config.min_steps, seed=seed,
+        verbose=_keras_verbosity(config.verbose, quiet=0), batch_size=config.batch_size,
+    )
+    return {"test_accuracy": accuracy, "epochs": epochs, "seconds": round(seconds, 2)}
+
+
+def data_efficiency(config=None, log=print, **options):
+    """ViT vs CNN (vs a fine-tuned pretrained ViT) test accuracy as the training set grows.
+
+    For every seed and size, a stratified seeded subset of the training pool
+    trains each model; all are tested on the same test set. Results are written
+    to `out/results.json` after every point; a rerun with the same settings
+    skips finished points, with other settings it refuses (delete the file or
+    use another `out`).
+
+    Args:
+        config: a `DataEfficiencyConfig` (None: the defaults, the course's main job).
+        log: function that prints progress.
+        **options: `DataEfficiencyConfig` fields that replace the config's.
+
+    Returns:
+        {"settings": {...}, "results": [{"model", "train_size", "seed", "test_accuracy", "epochs", "seconds", ...}]}
+    """
+    config = config_from(DataEfficiencyConfig, config, options)
+    config.validate()
+    out = Path(config.out)
+    with _Precision(config.precision) as policy:
+        train_all, test = _efficiency_data(config)
+        width, params = _efficiency_models(config, int(train_all.images.shape[1]), train_all.num_classes)
+        settings = _efficiency_settings(config, train_all, test, width, params, policy)
+        results = _load_results(out / "results.json", settings)
+        done = {(r["model"], r["train_size"], r["seed"]) for r in results}
+        log(f"data-efficiency on {config.dataset}: {train_all.num_classes} classes, test set {len(test)}, "
+            f"parameters {params}")
+        for seed in config.seeds:
+            for per_class in sorted(config.sizes):
+                subset = train_all.take(vdata.stratified_subset(train_all.labels, per_class, seed=seed))
+                for kind in config.models:
+                    if (kind, len(subset), seed) in done:
+                        continue
+                    row = {"model": kind, "train_size": len(subset), "seed": seed,
+                           **_efficiency_point(config, kind, subset, test, width, seed), "parameters": params[kind]}
+                    results.append(row)
+                    training.write_json_atomic(out / "results.json", {"settings": settings, "results": results})
+                    log(f"  {kind:<10} n={len(subset):>6} seed={seed}: test accuracy {row['test_accuracy']:.3f} "
+                        f"({row['epochs']} epochs, {row['seconds']:.0f} s)")
     summary = {"settings": settings, "results": results}
     plot_data_efficiency(summary, out / "data_efficiency.png")
     return summary
@@ -290,13 +678,14 @@ def summary_table(summary):
     results = summary["results"]
     kinds = [k for k in MODELS if any(r["model"] == k for r in results)]
     both = {"vit", "cnn"} <= set(kinds)
-    lines = ["train size | " + " | ".join(f"{k:>6}" for k in kinds) + (" | cnn - vit" if both else "")]
+    width = max(6, *(len(k) for k in kinds))
+    lines = ["train size | " + " | ".join(f"{k:>{width}}" for k in kinds) + (" | cnn - vit" if both else "")]
     for size in sorted({r["train_size"] for r in results}):
         means = {}
         for kind in kinds:
             values = [r["test_accuracy"] for r in results if r["model"] == kind and r["train_size"] == size]
             means[kind] = sum(values) / len(values) if values else float("nan")
-        row = f"{size:>10} | " + " | ".join(f"{means[k]:6.3f}" for k in kinds)
+        row = f"{size:>10} | " + " | ".join(f"{means[k]:{width}.3f}" for k in kinds)
         if both:
             row += f" | {100 * (means['cnn'] - means['vit']):+6.1f} pts"
         lines.append(row)
@@ -345,153 +734,46 @@ def plot_data_efficiency(summary, path=None):
     return figure
 
 
-def train(
-    model_kind="vit",
-    dataset="shapes",
-    vit_preset="Nano/4",
-    epochs=10,
-    recipe="scratch",
-    image_size=None,
-    data_dir=None,
-    out="runs/train",
-    seed=0,
-    verbose="auto",
-    log=print,
-    precision="auto",
-    cnn_width=None,
-    **vit_overrides,
-):
+def train(config=None, log=print, **options):
     """Trains one model on a dataset's train split and reports test accuracy.
 
     Writes `out/history.json` (resumable: rerun after an interruption to continue)
-    and `out/result.json`. `precision` as in `data_efficiency`; `cnn_width` as in
-    `build_model` (None: matched to the ViT preset's parameter count).
+    and `out/result.json`.
+
+    Args:
+        config: a `TrainConfig` (None: the defaults).
+        log: function that prints progress.
+        **options: `TrainConfig` fields that replace the config's.
     """
-    with _Precision(precision) as policy:
-        return _train(model_kind, dataset, vit_preset, epochs, recipe, image_size, data_dir, Path(out), seed,
-                      verbose, log, policy, cnn_width, vit_overrides)
-
-
-def _train(model_kind, dataset, vit_preset, epochs, recipe, image_size, data_dir, out, seed, verbose, log, policy,
-           cnn_width, vit_overrides):
-    train_data = vdata.load_arrays(dataset, "train", image_size=image_size, data_dir=data_dir)
-    test = vdata.load_arrays(dataset, "test", image_size=image_size, data_dir=data_dir)
-    model = build_model(model_kind, train_data.images.shape[1], train_data.num_classes, vit_preset, cnn_width=cnn_width,
-                        seed=seed, **vit_overrides)
-    log(f"training {model.name} ({model.count_params():,} parameters) on {dataset}: {len(train_data)} images")
-    accuracy, run_epochs, seconds, history = train_and_evaluate(
-        model, train_data, test, recipe, epochs, seed=seed, out_dir=out, verbose=verbose
-    )
+    config = config_from(TrainConfig, config, options)
+    _check_choice("model", config.model, MODELS[:3])
+    out = Path(config.out)
+    with _Precision(config.precision) as policy:
+        train_data = vdata.load_arrays(config.dataset, "train", image_size=config.image_size, data_dir=config.data_dir)
+        test = vdata.load_arrays(config.dataset, "test", image_size=config.image_size, data_dir=config.data_dir)
+        model = build_model(config.model, train_data.images.shape[1], train_data.num_classes, config.preset,
+                            cnn_width=config.cnn_width, seed=config.seed)
+        log(f"training {model.name} ({model.count_params():,} parameters) on {config.dataset}: "
+            f"{len(train_data)} images")
+        accuracy, epochs, seconds, history = train_and_evaluate(
+            model, train_data, test, config.recipe, config.epochs, seed=config.seed, out_dir=out,
+            verbose=_keras_verbosity(config.verbose),
+        )
     result = {
-        "model": model_kind,
-        "preset": vit_preset if model_kind != "cnn" else None,
-        "dataset": dataset,
+        "model": config.model,
+        "preset": config.preset if config.model != "cnn" else None,
+        "dataset": config.dataset,
         "train_size": len(train_data),
         "test_size": len(test),
         "test_accuracy": accuracy,
-        "epochs": run_epochs,
+        "epochs": epochs,
         "seconds": round(seconds, 2),
         "parameters": model.count_params(),
-        "recipe": training.get_recipe(recipe).name,
+        "recipe": training.get_recipe(config.recipe).name,
         "precision": policy,
         "machine": machine_description(),
         "history": history,
     }
     training.write_json_atomic(out / "result.json", result)
-    log(f"test accuracy {accuracy:.4f} after {run_epochs} epochs ({seconds:.0f} s); wrote {out / 'result.json'}")
-    return result
-
-
-def finetune(
-    checkpoint,
-    dataset="cats_vs_dogs",
-    image_size=None,
-    linear_probe=False,
-    epochs=1,
-    batch_size=None,
-    learning_rate=None,
-    train_size=None,
-    test_size=None,
-    data_dir=None,
-    cache_dir=None,
-    out="runs/finetune",
-    seed=0,
-    verbose="auto",
-    log=print,
-    precision="auto",
-):
-    """Fine-tunes a pretrained checkpoint on a dataset and reports test accuracy (paper section 3.2).
-
-    The checkpoint's head is replaced by a zero-initialised K-class head; with
-    `linear_probe` only that head trains. Images stream from `vitkeras.data.load`,
-    resized to the checkpoint's resolution (or `image_size`), and are fed in
-    [0, 255]: the model applies the checkpoint's own normalisation. Writes
-    `out/history.json` (resumable), `out/result.json` and the fine-tuned model
-    `out/model.keras` (reloads with `keras.saving.load_model` after `import vitkeras`).
-
-    Args:
-        checkpoint: local checkpoint directory or Hub id (see `vitkeras.load_pretrained`).
-        dataset: "cats_vs_dogs", "cifar10", "cifar100", "folder:PATH", ... (see `vitkeras.data.load`).
-        image_size: fine-tuning resolution; None uses the checkpoint's.
-        linear_probe: train the head only.
-        epochs: passes over the training split.
-        batch_size, learning_rate: override the "finetune" recipe (SGD, momentum 0.9, batch 64, lr 0.01).
-        train_size, test_size: use only the first examples of each split (quick runs).
-        data_dir, cache_dir: tensorflow-datasets and Hugging Face download folders.
-        out, seed, verbose, log, precision: as in `train`.
-
-    Returns:
-        The result dict written to `out/result.json`.
-    """
-    with _Precision(precision) as policy:
-        directory = pretrained.resolve_checkpoint(checkpoint, cache_dir)
-        info = pretrained.read_pretrained_info(directory)
-        size = int(image_size or info.image_size[0])
-        splits = {}
-        for split, limit in (("train", train_size), ("test", test_size)):
-            stream, split_info = vdata.load(dataset, split, image_size=size, data_dir=data_dir)
-            count = split_info.num_examples if limit is None else min(int(limit), split_info.num_examples)
-            splits[split] = (stream.take(count), count, split_info)
-        (train_stream, train_count, train_info), (test_stream, test_count, _) = splits["train"], splits["test"]
-        recipe = training.get_recipe("finetune", batch_size=batch_size, learning_rate=learning_rate)
-        batch = min(recipe.batch_size, train_count)
-        steps_per_epoch = max(1, train_count // batch)
-        model = pretrained.load_pretrained(
-            directory, image_size=size, num_classes=train_info.num_classes, linear_probe=linear_probe, seed=seed
-        )
-        trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-        log(f"fine-tuning {info.model_type} from {checkpoint} ({model.count_params():,} parameters, {trainable:,} trainable) "
-            f"on {dataset} at {size}x{size}: {train_count} training images, {steps_per_epoch} steps per epoch")
-        train_batches = vdata.make_pipeline(
-            train_stream, batch, train_info.num_classes, training=True, augmentation=recipe.augmentation,
-            rescale=1.0, seed=seed, repeat=True,
-        )
-        test_batches = vdata.make_pipeline(test_stream, batch, train_info.num_classes, rescale=1.0)
-        training.compile_model(model, recipe, total_steps=epochs * steps_per_epoch)
-        start = time.perf_counter()
-        history = training.fit(model, train_batches, epochs, steps_per_epoch, out_dir=Path(out), verbose=verbose)
-        seconds = time.perf_counter() - start
-        accuracy = float(model.evaluate(test_batches, verbose=0, return_dict=True)["accuracy"])
-        model.save(Path(out) / "model.keras")
-    result = {
-        "checkpoint": str(checkpoint),
-        "model_type": info.model_type,
-        "dataset": dataset,
-        "image_size": size,
-        "linear_probe": bool(linear_probe),
-        "train_size": train_count,
-        "test_size": test_count,
-        "test_accuracy": accuracy,
-        "epochs": int(epochs),
-        "seconds": round(seconds, 2),
-        "seconds_per_epoch": round(seconds / max(int(epochs), 1), 2),
-        "parameters": model.count_params(),
-        "trainable_parameters": trainable,
-        "recipe": dataclasses.asdict(recipe),
-        "precision": policy,
-        "machine": machine_description(),
-        "history": history,
-    }
-    training.write_json_atomic(Path(out) / "result.json", result)
-    log(f"test accuracy {accuracy:.4f} after {epochs} epoch(s) ({seconds:.0f} s); wrote {Path(out) / 'result.json'}")
+    log(f"test accuracy {accuracy:.4f} after {epochs} epochs ({seconds:.0f} s); wrote {out / 'result.json'}")
     return result

@@ -416,6 +416,30 @@ def load_pretrained_weights(model, id_or_path, cache_dir=None):
     return info
 
 
+def check_image_size(info, image_size):
+    """Raises ValueError unless `image_size` (one side) fits the checkpoint: a multiple of its patch size.
+
+    Example:
+    >>> info = PretrainedInfo("dinov2", ViTConfig(patch_size=14), (16, 16), (224, 224), IMAGENET_MEAN,
+    ...                       IMAGENET_STD, 1 / 255, True, ".")
+    >>> check_image_size(info, 112)
+    >>> check_image_size(info, 100)
+    Traceback (most recent call last):
+    ...
+    ValueError: Image size 100 does not fit this dinov2 checkpoint: its patches are 14x14, so the image side must be a multiple of 14 (e.g. 98 or 112; the checkpoint's own is 224).
+    """
+    patch = info.config.patch_size
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < patch \
+            or image_size % patch:
+        side = int(image_size) if isinstance(image_size, (int, np.integer)) else patch
+        nearest = sorted({max(patch, side // patch * patch), (side // patch + 1) * patch})
+        raise ValueError(
+            f"Image size {image_size!r} does not fit this {info.model_type} checkpoint: its patches are "
+            f"{patch}x{patch}, so the image side must be a multiple of {patch} "
+            f"(e.g. {' or '.join(map(str, nearest))}; the checkpoint's own is {info.image_size[0]})."
+        )
+
+
 # --------------------------------------------------------------------------- #
 # The public entry point
 # --------------------------------------------------------------------------- #

@@ -108,7 +108,7 @@ def test_patch_encoder_computes_equation_1(rng):
     kernel = to_numpy(layer.projection.kernel)
     bias = to_numpy(layer.projection.bias)
     cls = to_numpy(layer.class_embedding)[0]  # (1, D)
-    pos = to_numpy(layer.position_embeddings)[0]  # (1+N, D)
+    pos = to_numpy(layer.position_embedding_weight)[0]  # (1+N, D)
     assert pos.shape == (10, 8)
     expected = np.concatenate([np.broadcast_to(cls, (2, 1, 8)), patches @ kernel + bias], axis=1) + pos
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
@@ -126,9 +126,9 @@ def test_patch_encoder_without_class_token_or_position_embedding(rng):
 def test_sincos2d_is_fixed_and_peaks_at_own_position():
     layer = PatchEncoder(32, position_embedding="sincos2d", grid_size=(4, 6))
     layer.build((None, 24, 12))
-    assert not layer.position_embeddings.trainable
+    assert not layer.position_embedding_weight.trainable
     assert all("position_embedding" not in w.path for w in layer.trainable_weights)
-    table = to_numpy(layer.position_embeddings)[0]
+    table = to_numpy(layer.position_embedding_weight)[0]
     np.testing.assert_array_equal(table[0], 0.0)  # the class token's position gets none
     grid = table[1:]
     np.testing.assert_allclose(grid, sincos2d_position_embedding((4, 6), 32))
@@ -180,7 +180,7 @@ def test_set_position_embedding_resamples_to_layer_grid(rng):
     big.build((None, 64, 12))
     source = rng.normal(size=(17, 8)).astype("float32")
     big.set_position_embedding(source, source_grid=(4, 4))
-    result = to_numpy(big.position_embeddings)[0]
+    result = to_numpy(big.position_embedding_weight)[0]
     np.testing.assert_allclose(result, resample_position_embedding(source, 4, 8), atol=1e-6)
     with pytest.raises(ValueError, match="only 'learned'"):
         fixed = PatchEncoder(8, position_embedding="sincos2d", grid_size=4)

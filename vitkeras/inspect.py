@@ -209,7 +209,7 @@ def position_embedding_similarity(model_or_embedding, grid_size=None, num_prefix
         encoder = model_or_embedding.get_layer("patch_encoder")
         if encoder.position_embedding == "none":
             raise ValueError(f"Model {model_or_embedding.name!r} has no position embeddings.")
-        embedding = keras.ops.convert_to_numpy(encoder.position_embeddings)
+        embedding = keras.ops.convert_to_numpy(encoder.position_embedding_weight)
         grid_size, num_prefix_tokens = encoder.grid_size, encoder.num_prefix_tokens
     else:
         embedding = np.asarray(model_or_embedding)

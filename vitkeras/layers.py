@@ -458,7 +458,7 @@ class PatchEncoder(keras.layers.Layer):
                 shape=(1, 1, self.hidden_dim), initializer="zeros", name="class_token"
             )
         if self.position_embedding == "learned":
-            self.position_embeddings = self.add_weight(
+            self.position_embedding_weight = self.add_weight(
                 shape=(1, num_tokens, self.hidden_dim),
                 initializer=keras.initializers.TruncatedNormal(stddev=0.02, seed=self.seed),
                 name="position_embedding",
@@ -466,7 +466,7 @@ class PatchEncoder(keras.layers.Layer):
         elif self.position_embedding == "sincos2d":
             table = sincos2d_position_embedding(self.grid_size, self.hidden_dim)
             table = np.concatenate([np.zeros((self.num_prefix_tokens, self.hidden_dim), "float32"), table])
-            self.position_embeddings = self.add_weight(
+            self.position_embedding_weight = self.add_weight(
                 shape=(1, num_tokens, self.hidden_dim),
                 initializer=keras.initializers.Constant(table[None]),
                 trainable=False,
@@ -482,7 +482,7 @@ class PatchEncoder(keras.layers.Layer):
             cls = ops.broadcast_to(cls, (ops.shape(x)[0], 1, self.hidden_dim))  # (B, 1, D)
             x = ops.concatenate([cls, x], axis=1)  # (B, 1+N, D)
         if self.position_embedding != "none":
-            x = x + ops.cast(self.position_embeddings, x.dtype)  # (B, 1+N, D)
+            x = x + ops.cast(self.position_embedding_weight, x.dtype)  # (B, 1+N, D)
         return self.dropout_layer(x, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -507,7 +507,7 @@ class PatchEncoder(keras.layers.Layer):
         value = resample_position_embedding(
             embedding, source_grid or self.grid_size, self.grid_size, self.num_prefix_tokens, method, scale
         )
-        self.position_embeddings.assign(value[None])
+        self.position_embedding_weight.assign(value[None])
 
     def get_config(self):
         config = super().get_config()

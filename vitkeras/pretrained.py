@@ -307,7 +307,7 @@ def _weight_plan(model, info):
 
     plan = {
         "embeddings.cls_token": (encoder.class_embedding, None),
-        "embeddings.position_embeddings": (encoder.position_embeddings, position),
+        "embeddings.position_embeddings": (encoder.position_embedding_weight, position),
         "embeddings.patch_embeddings.projection.weight": (encoder.projection.kernel, _conv_to_dense),
         "embeddings.patch_embeddings.projection.bias": (encoder.projection.bias, None),
     }

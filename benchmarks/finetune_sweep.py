@@ -96,7 +96,7 @@ def main(argv=None):
             row = {
                 "run": run, "classes": len(classes), "per_class": per_class, "name": name,
                 "recipe": result["recipe"], "linear_probe": result["linear_probe"],
-                "learning_rate": result["recipe_details"]["learning_rate"],
+                "learning_rate": result.get("learning_rate", result["recipe_details"]["learning_rate"]),
                 "batch_size": result["batch_size"], "epochs": result["epochs"],
                 "test_accuracy": result["test_accuracy"], "test_size": result["test_size"],
                 "seconds": result["seconds"], "seconds_per_epoch": result["seconds_per_epoch"],

@@ -36,13 +36,22 @@ def test_shapes_any_size_and_number_of_classes():
     assert small.class_names == ("disc", "ring", "square")
 
 
-def test_shape_pixels_differ_from_background_where_the_object_is():
-    shapes = data.make_shapes(50, image_size=32, seed=1)
-    for image, (x, y) in zip(shapes.images, shapes.centers):
-        centre = image[int(y), int(x)].astype(int)
-        corner_values = image[[0, 0, -1, -1], [0, -1, 0, -1]].astype(int)
-        # Every shape covers its centre (rings: the ring passes near it) or differs from the corners.
-        assert np.abs(corner_values - centre).sum(axis=1).max() > 30
+def test_each_filled_shape_is_drawn_at_its_recorded_centre_far_from_the_background_colour():
+    shapes = data.make_shapes(120, image_size=32, seed=1)
+    filled = [k for k, name in enumerate(data.SHAPE_CLASSES) if name != "ring"]  # a ring's centre is background
+
+    def contrast(centers):  # |centre pixel - median border colour|, summed over RGB, per filled shape
+        values = []
+        for image, label, (x, y) in zip(shapes.images, shapes.labels, centers):
+            if label in filled:
+                border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(float)
+                values.append(np.abs(image[int(y), int(x)] - np.median(border, axis=0)).sum())
+        return np.array(values)
+
+    assert contrast(shapes.centers).min() > 150  # measured: at least 232
+    # The same check with wrong centres fails: it can tell where the shapes are.
+    assert np.median(contrast((shapes.centers + 16) % 32)) < 150
+    assert contrast(shapes.centers[:, ::-1]).min() < 150  # x and y swapped
 
 
 def test_translation_split_confines_training_objects_to_the_left_third():

@@ -199,7 +199,7 @@ def test_default_recipe_is_lp_ft_and_lowers_the_training_loss(tmp_path):
 
     assert experiments.FinetuneConfig().recipe == training.DEFAULT_FINETUNE_RECIPE == "lp_ft"
     model = pretrained.load_pretrained(_tiny_checkpoint(tmp_path / "ckpt"), num_classes=2, seed=0)
-    train = data.load_arrays(_colour_folder(tmp_path / "images", per_class=16), "train")
+    train = data.load_arrays(_colour_folder(tmp_path / "images", per_class=16), "train", image_size=16)
     recipe = training.get_recipe("lp_ft", batch_size=8, learning_rate=1e-3)
     batches = data.make_pipeline(train, 8, rescale=1.0)
     training.compile_model(model, recipe, total_steps=1)
@@ -214,7 +214,7 @@ def test_lp_ft_second_stage_starts_from_the_probes_head(tmp_path, monkeypatch):
     from vitkeras import pretrained, training
 
     model = pretrained.load_pretrained(_tiny_checkpoint(tmp_path / "ckpt"), num_classes=2, seed=0)
-    train = data.load_arrays(_colour_folder(tmp_path / "images", per_class=8), "train")
+    train = data.load_arrays(_colour_folder(tmp_path / "images", per_class=8), "train", image_size=16)
     seen = {}
     real_probe, real_fit = experiments.train_linear_probe, training.fit
 
@@ -263,7 +263,7 @@ def test_finetune_subset_of_a_class_sorted_folder_is_stratified_and_warning_free
 
     dataset = _colour_folder(tmp_path / "images", per_class=40)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no Keras (or other) warning reaches the user in a normal run
+        warnings.simplefilter("error", UserWarning)  # Keras's warnings are UserWarnings: none in a normal run
         result = experiments.finetune(checkpoint=str(_tiny_checkpoint(tmp_path / "ckpt")), dataset=dataset,
                                       train_size=6, test_size=2, batch_size=2, out=str(tmp_path / "run"),
                                       log=lambda *a: None)

@@ -48,8 +48,10 @@ def test_keras_example_recipe_decays_every_weight():
 def test_warmup_then_cosine_schedule():
     recipe = training.get_recipe("scratch", learning_rate=0.01, warmup_fraction=0.1)
     optimizer = training.make_optimizer(recipe, total_steps=100, model=vitkeras.build_vit("Nano/4", 8, 2))
-    schedule = optimizer._learning_rate  # the LearningRateSchedule passed in
-    lr = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    lr = []
+    for step in (0, 5, 10, 55, 100):  # the public learning_rate evaluates the schedule at `iterations`
+        optimizer.iterations.assign(step)
+        lr.append(float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
     assert lr[0] == pytest.approx(0.0, abs=1e-7)
     assert lr[1] == pytest.approx(0.005, rel=1e-3)  # halfway through warm-up
     assert lr[2] == pytest.approx(0.01, rel=1e-3)  # peak
@@ -220,3 +222,24 @@ def test_data_parallel_over_two_virtual_cpu_devices():
     words = result.stdout.split()
     assert words[words.index("REPLICAS") + 1] == "2"
     assert np.isfinite(float(words[words.index("LOSS") + 1]))
+
+
+def test_lp_ft_learning_rate_shrinks_with_small_training_sets_and_the_optimizer_uses_it(monkeypatch):
+    from vitkeras import experiments
+
+    assert [training.learning_rate_for("lp_ft", n) for n in (50, 250, 500, 1000, 9000)] == [5e-6, 5e-6, 1e-5, 2e-5, 2e-5]
+    assert training.learning_rate_for("paper_sgd", 50) == 0.01  # only recipes that ask for it
+    seen = {}
+    real_fit = training.fit
+
+    def fit(model, *args, **kwargs):
+        seen["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        return real_fit(model, *args, **kwargs)
+
+    model = vitkeras.build_vit("Nano/4", image_size=8, num_classes=2, seed=0)
+    train = data.make_shapes(40, image_size=16, num_classes=2, seed=0)
+    train = data.ArrayData(train.images[:, :8, :8], train.labels, train.class_names)
+    recipe = training.get_recipe("lp_ft", warmup_fraction=0.0, schedule="constant", batch_size=8)
+    monkeypatch.setattr(training, "fit", fit)
+    run = experiments.fine_tune(model, train, 40, 2, recipe, epochs=1)
+    assert run["learning_rate"] == pytest.approx(5e-6) and seen["learning_rate"] == pytest.approx(5e-6, rel=1e-6)  # read from the optimizer

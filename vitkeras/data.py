@@ -13,7 +13,7 @@ Names accepted by `load` and `load_arrays`:
 - any name followed by `[class,class,...]`, e.g. "cifar10[cat,dog]": only those
   classes, relabelled 0, 1, ... in the order given.
 - "folder:PATH": a folder with one subfolder per class. If PATH has `train/`
-  and `test/` subfolders (like the CIFAR-10 copy in ../shared/datasets), those
+  and `test/` subfolders (like CIFAR-10 exported as image files), those
   are the splits (without a `val/` or `validation/` folder, a seeded 10% of
   train is the validation split); otherwise files are split 80/10/10 by a
   seeded hash of their path. Files that are not decodable images are skipped and counted in a warning.

@@ -156,6 +156,8 @@ class DataEfficiencyConfig:
     batch_size: int = option(64, "training batch size of the scratch models", type=int)
     image_size: int | None = option(None, "resize images to this size (None: the dataset's own; 16 for shapes)",
                                     type=int)
+    shapes_sizes: tuple | None = option(None, "(train, test) images generated for the shapes datasets "
+                                        "(None: 18,000 and 2,400)", nargs=2, type=int)
     checkpoint: str | None = option(None, "pretrained checkpoint (directory or Hub id) for the pretrained model")
     pretrained_image_size: int = option(112, "resolution the pretrained model is fine-tuned at (images are "
                                         "resized to it; a multiple of the checkpoint's patch size)", type=int)
@@ -396,6 +398,7 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
                 f"head trained to {probe['train_accuracy']:.3f} training accuracy")
     history, steps_per_epoch, finetune_seconds = {}, 0, 0.0
     if not linear_probe:
+        recipe = recipe.replace(learning_rate=training.learning_rate_for(recipe, num_examples))
         steps_per_epoch = max(1, num_examples // batch)
         batches = vdata.make_pipeline(train, batch, num_classes, training=True, augmentation=recipe.augmentation,
                                       rescale=1.0, seed=seed, repeat=True, resize=resize)
@@ -414,6 +417,7 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
         "seconds_per_epoch": round(finetune_seconds / epochs, 2) if not linear_probe else None,
         "steps_per_epoch": steps_per_epoch,
         "batch_size": batch,
+        "learning_rate": None if linear_probe else recipe.learning_rate,
         "history": history,
     }
 
@@ -504,6 +508,12 @@ def finetune(config=None, log=print, **options):
     return result
 
 
+def _jsonable(options):
+    """Config values as JSON can store them (paths as strings, tuples as lists)."""
+    return {k: str(v) if isinstance(v, os.PathLike) else list(v) if isinstance(v, tuple) else v
+            for k, v in options.items()}
+
+
 def _finetune_result(config, recipe, info, size, train_info, test_info, model, run, accuracy, policy):
     return {
         "checkpoint": str(config.checkpoint),
@@ -522,7 +532,7 @@ def _finetune_result(config, recipe, info, size, train_info, test_info, model, r
         "trainable_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         **{k: v for k, v in run.items() if k != "history"},
         "recipe_details": dataclasses.asdict(recipe),
-        "config": dataclasses.asdict(config),
+        "config": _jsonable(dataclasses.asdict(config)),
         "precision": policy,
         "machine": machine_description(),
         "history": run["history"],
@@ -546,8 +556,11 @@ def _load_results(path, settings):
 
 def _efficiency_data(config):
     """(train pool, test set) as ArrayData; sizes larger than the pool's smallest class are an error."""
-    train_all = vdata.load_arrays(config.dataset, "train", image_size=config.image_size, data_dir=config.data_dir)
-    test = vdata.load_arrays(config.dataset, "test", image_size=config.image_size, data_dir=config.data_dir)
+    train_size, test_size = config.shapes_sizes or (None, None)
+    train_all = vdata.load_arrays(config.dataset, "train", image_size=config.image_size, data_dir=config.data_dir,
+                                  shapes_size=train_size)
+    test = vdata.load_arrays(config.dataset, "test", image_size=config.image_size, data_dir=config.data_dir,
+                             shapes_size=test_size)
     largest = int(np.bincount(train_all.labels).min())
     if max(config.sizes) > largest:
         raise ValueError(f"sizes go up to {max(config.sizes)} per class, but {config.dataset!r} has only "
@@ -582,6 +595,8 @@ def _efficiency_settings(config, train_all, test, width, params, policy):
         recipe=recipe.name if recipe == training.RECIPES.get(recipe.name) else dataclasses.asdict(recipe),
         min_steps=config.min_steps, batch_size=config.batch_size, image_size=int(train_all.images.shape[1]),
     )
+    if config.shapes_sizes:  # only in the key when set: results files of the default run stay valid
+        key["shapes_sizes"] = list(config.shapes_sizes)
     if "pretrained" in config.models:
         key.update(checkpoint=str(config.checkpoint), pretrained_image_size=config.pretrained_image_size,
                    pretrained_recipe=config.pretrained_recipe, pretrained_epochs=config.pretrained_epochs)

@@ -50,6 +50,7 @@ __all__ = [
     "get_recipe",
     "AdamWMultipliers",
     "learning_rate_multipliers",
+    "learning_rate_for",
     "no_weight_decay",
     "make_optimizer",
     "compile_model",
@@ -84,6 +85,10 @@ class Recipe:
     layer_decay: float = 1.0
     # Fine-tuning only: first train the head alone on frozen features (linear probe, LP-FT).
     linear_probe_first: bool = False
+    # Fine-tuning only: below this many training images the learning rate shrinks in proportion
+    # (to at least a quarter): with few images the probe already fits them, the gradients are mostly
+    # noise, and Adam's normalised steps turn noise into full-size updates (benchmarks/RESULTS.md).
+    full_learning_rate_from: int | None = None
     # The linear probe (stage 1 of LP-FT, and `--linear-probe`): AdamW on cached features.
     probe_learning_rate: float = 3e-3
     probe_epochs: int = 200  # epochs over the cached features (cheap: a D x K matmul)
@@ -116,7 +121,8 @@ _FINETUNE_COMMON = dict(
     augmentation="basic", global_clipnorm=1.0,
 )
 FINETUNE_RECIPES = {
-    "lp_ft": Recipe("lp_ft", learning_rate=2e-5, linear_probe_first=True, **_FINETUNE_COMMON),
+    "lp_ft": Recipe("lp_ft", learning_rate=2e-5, linear_probe_first=True, full_learning_rate_from=1000,
+                    **_FINETUNE_COMMON),
     "adamw_head": Recipe("adamw_head", learning_rate=2e-5, head_learning_rate_multiplier=100.0, **_FINETUNE_COMMON),
     "llrd": Recipe("llrd", learning_rate=5e-5, head_learning_rate_multiplier=40.0, layer_decay=0.75,
                    **_FINETUNE_COMMON),
@@ -153,6 +159,20 @@ def no_weight_decay(variable):
     """Biases, norm scales and offsets, LayerScale, position embeddings and the class token: no decay."""
     path = variable.path
     return len(variable.shape) <= 1 or "position_embedding" in path or "class_token" in path
+
+
+def learning_rate_for(recipe, num_examples):
+    """The recipe's peak learning rate for a training set of `num_examples` (see `full_learning_rate_from`).
+
+    Example:
+    >>> [learning_rate_for("lp_ft", n) for n in (100, 400, 1000, 5000)]
+    [5e-06, 8e-06, 2e-05, 2e-05]
+    """
+    recipe = get_recipe(recipe)
+    if not recipe.full_learning_rate_from:
+        return recipe.learning_rate
+    scale = min(1.0, max(0.25, num_examples / recipe.full_learning_rate_from))
+    return float(f"{recipe.learning_rate * scale:.3g}")
 
 
 def learning_rate_multipliers(model, recipe):

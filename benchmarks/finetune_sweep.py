@@ -73,6 +73,7 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--only", nargs="+", default=None, help="run names to run (default: the whole set)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the subset, head and shuffling")
     parser.add_argument("--out", default="runs/finetune_sweep")
     args = parser.parse_args(argv)
 
@@ -80,21 +81,21 @@ def main(argv=None):
     dataset = class_folder(args.cifar_dir, classes, Path(args.out) / ("data_" + "_".join(classes)))
     summary_path = Path(args.out) / "summary.json"
     rows = json.loads(summary_path.read_text()) if summary_path.exists() else []
-    for per_class in args.per_class:
+    for seed, per_class in [(seed, n) for seed in args.seeds for n in args.per_class]:
         for name, options in RUN_SETS[args.runs]:
             if args.only and name not in args.only:
                 continue
-            run = f"{len(classes)}cls_{per_class}pc_{name}_e{args.epochs}"
+            run = f"{len(classes)}cls_{per_class}pc_{name}_e{args.epochs}" + (f"_s{seed}" if seed else "")
             out = Path(args.out) / run
             if (out / "result.json").exists():
                 result = json.loads((out / "result.json").read_text())
             else:
                 result = experiments.finetune(
                     checkpoint=args.checkpoint, dataset=dataset, image_size=args.image_size, epochs=args.epochs,
-                    train_size=per_class * len(classes), test_size=args.test_size, out=str(out), **options,
+                    train_size=per_class * len(classes), test_size=args.test_size, out=str(out), seed=seed, **options,
                 )
             row = {
-                "run": run, "classes": len(classes), "per_class": per_class, "name": name,
+                "run": run, "classes": len(classes), "per_class": per_class, "name": name, "seed": seed,
                 "recipe": result["recipe"], "linear_probe": result["linear_probe"],
                 "learning_rate": result.get("learning_rate", result["recipe_details"]["learning_rate"]),
                 "batch_size": result["batch_size"], "epochs": result["epochs"],

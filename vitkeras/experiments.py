@@ -707,6 +707,14 @@ def summary_table(summary):
     return "\n".join(lines)
 
 
+def _short_name(dataset):
+    """A dataset name for a title: a folder by its last component ("folder:/a/b/cifar10[cat,dog]" -> "cifar10[cat,dog]")."""
+    base, classes = vdata.split_classes(dataset)
+    if base.startswith("folder:"):
+        base = Path(base[len("folder:"):]).name or base
+    return base + (f"[{','.join(classes)}]" if classes else "")
+
+
 def plot_data_efficiency(summary, path=None):
     """Test accuracy against training-set size (log x), one line per model, a band over seeds.
 
@@ -737,7 +745,7 @@ def plot_data_efficiency(summary, path=None):
     axes.set_xlabel("training images")
     axes.set_ylabel("test accuracy")
     axes.set_ylim(0, 1)
-    axes.set_title(f"Data efficiency on {settings.get('dataset', '?')} ({settings.get('epochs', '?')} epochs)")
+    axes.set_title(f"Data efficiency on {_short_name(settings.get('dataset', '?'))}")
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()

@@ -108,6 +108,12 @@ def option(default, help, **cli):
     return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
+def precision_option():
+    """The `precision` field every experiment has."""
+    return option("auto", "auto (float32 on CPU, mixed precision on GPUs/TPUs) or a Keras dtype policy",
+                  choices=PRECISIONS)
+
+
 def config_from(config_class, config=None, options=None):
     """`config` (a `config_class` or None) with `options` replaced; unknown options are an error."""
     options = dict(options or {})
@@ -167,8 +173,7 @@ class DataEfficiencyConfig:
     data_dir: str | None = option(None, "tensorflow-datasets folder with a local copy")
     cache_dir: str | None = option(None, "Hugging Face download cache")
     out: str = option("runs/data_efficiency", "output folder: results.json (resumable) and data_efficiency.png")
-    precision: str = option("auto", "auto (float32 on CPU, mixed precision on GPUs/TPUs) or a Keras dtype policy",
-                            choices=PRECISIONS)
+    precision: str = precision_option()
     verbose: bool = option(False, "show Keras progress bars and library log lines")
 
     def validate(self):
@@ -201,8 +206,7 @@ class TrainConfig:
     data_dir: str | None = option(None, "tensorflow-datasets folder with a local copy")
     seed: int = option(0, "seed of the initial weights, shuffling and augmentation", type=int)
     out: str = option("runs/train", "output folder: history.json (rerun to resume) and result.json")
-    precision: str = option("auto", "auto (float32 on CPU, mixed precision on GPUs/TPUs) or a Keras dtype policy",
-                            choices=PRECISIONS)
+    precision: str = precision_option()
     verbose: bool = option(False, "show Keras progress bars (else one line per epoch)")
 
 
@@ -221,7 +225,8 @@ class FinetuneConfig:
                                     type=int)
     epochs: int = option(1, "fine-tuning epochs over the training split (LP-FT: after the probe)", type=int)
     batch_size: int | None = option(None, "batch size (None: the recipe's, 32; paper_sgd 512)", type=int)
-    learning_rate: float | None = option(None, "peak learning rate of the pretrained weights (None: the recipe's)",
+    learning_rate: float | None = option(None, "peak learning rate of the pretrained weights (None: the recipe's; "
+                                         "lp_ft scales it down below 1,000 training images)",
                                          type=float)
     train_size: int | None = option(None, "use this many training images, a stratified seeded sample", type=int)
     test_size: int | None = option(None, "use this many test images, a stratified seeded sample", type=int)
@@ -229,8 +234,7 @@ class FinetuneConfig:
     cache_dir: str | None = option(None, "Hugging Face download cache (default ~/.cache/huggingface)")
     seed: int = option(0, "seed of the head, the subsets, shuffling and augmentation", type=int)
     out: str = option("runs/finetune", "output folder: result.json, history.json (rerun to resume), model.keras")
-    precision: str = option("auto", "auto (float32 on CPU, mixed precision on GPUs/TPUs) or a Keras dtype policy",
-                            choices=PRECISIONS)
+    precision: str = precision_option()
     verbose: bool = option(False, "show Keras progress bars (else one line per epoch)")
 
     def make_recipe(self):

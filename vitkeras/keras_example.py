@@ -1,11 +1,12 @@
 """The model of the keras.io example "Image classification with Vision Transformer", as a reference.
 
-Revision reproduced: the original one, dated 2021-01-18 (keras-io commit ef4cd45,
-written for `tf.keras` and tensorflow-addons), whose model width is 64 and whose
-4 attention heads are each as wide as the model (`key_dim=64`). A later Keras 3
-revision (keras-io commit 0772130) widens the model to 4 x 64 = 256 with heads of
-64 and an MLP of [512, 256]; everything said about "the Keras example" in this
-project means the 2021-01-18 revision.
+Revision reproduced: the original one, dated 2021-01-18 (keras-io commit
+ef4cd45, written for the Keras 2 bundled with TensorFlow and the AdamW of
+TensorFlow Addons; this module re-creates it in Keras 3), whose model width is
+64 and whose 4 attention heads are each as wide as the model (`key_dim=64`).
+A later Keras 3 revision (keras-io commit 0772130) widens the model to
+4 x 64 = 256 with heads of 64 and an MLP of [512, 256]; everything said about
+"the Keras example" in this project means the 2021-01-18 revision.
 
 Written here from that revision, with its layer layout, so that
 notebook 02 and the benchmarks can compare vitkeras against it on the same

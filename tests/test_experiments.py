@@ -268,3 +268,28 @@ def test_finetune_subset_of_a_class_sorted_folder_is_stratified_and_warning_free
                                       train_size=6, test_size=2, batch_size=2, out=str(tmp_path / "run"),
                                       log=lambda *a: None)
     assert result["train_class_counts"] == [3, 3] and result["test_size"] == 2
+
+
+@default_backend_only
+def test_fine_tuning_recipes_are_refused_for_models_trained_from_scratch(tmp_path):
+    with pytest.raises(ValueError, match=r"Recipe 'lp_ft' fine-tunes a pretrained checkpoint .* one of \['scratch', 'keras_example'\]"):
+        experiments.data_efficiency(out=tmp_path, **{**TINY, "recipe": "lp_ft"})
+    with pytest.raises(ValueError, match=r"Recipe 'paper_sgd' fine-tunes a pretrained checkpoint"):
+        experiments.train(model="cnn", recipe="paper_sgd", out=tmp_path, log=lambda *a: None)
+    assert not (tmp_path / "results.json").exists()
+
+
+@default_backend_only
+def test_cli_options_come_from_the_config_fields():
+    from vitkeras.__main__ import make_parser
+
+    parser = make_parser()
+    args = parser.parse_args(["data-efficiency", "--models", "vit", "pretrained", "--checkpoint", "c",
+                              "--sizes", "5", "7", "--seeds", "0", "-1", "--shapes-sizes", "60", "30"])
+    from vitkeras.__main__ import _config_from_args
+
+    config = _config_from_args(experiments.DataEfficiencyConfig, args)
+    assert config == experiments.DataEfficiencyConfig(models=("vit", "pretrained"), checkpoint="c", sizes=(5, 7),
+                                                      seeds=(0, -1), shapes_sizes=(60, 30))
+    with pytest.raises(SystemExit):  # a finetune without --checkpoint is refused by the parser
+        parser.parse_args(["finetune"])

@@ -121,7 +121,7 @@ def _preset_name(text):
 
 
 # Parsers for fields whose values need checking beyond their Python type.
-_FIELD_TYPES = {"dataset": "_dataset_name", "preset": "_preset_name", "recipe": "_recipe_name"}
+_FIELD_TYPES = {"dataset": _dataset_name, "preset": _preset_name, "recipe": _recipe_name}
 
 
 def _add_config_arguments(parser, config_class):
@@ -139,15 +139,15 @@ def _add_config_arguments(parser, config_class):
             continue
         kind = meta.get("type")
         if field.name in _FIELD_TYPES and "choices" not in meta:
-            kind = globals()[_FIELD_TYPES[field.name]]
-        elif kind is int:
-            kind = _positive_int if field.name not in ("seed", "seeds", "min_steps") else int
+            kind = _FIELD_TYPES[field.name]
+        elif kind is int and not meta.get("signed"):
+            kind = _positive_int
         elif kind is float:
             kind = _positive_float
         parser.add_argument(
             flag, dest=field.name, type=kind, nargs=meta.get("nargs"), choices=meta.get("choices"),
             default=list(default) if isinstance(default, tuple) else default, help=help_text,
-            required=field.name == "checkpoint" and config_class.__name__ == "FinetuneConfig",
+            required=meta.get("required", False),
         )
 
 

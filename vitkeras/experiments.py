@@ -102,8 +102,8 @@ def matched_cnn_width(target_params, image_size, num_classes, **cnn_kwargs):
 def option(default, help, **cli):
     """A config field: its default, the one sentence that explains it, and how the CLI spells it.
 
-    `cli` may hold `flag` (default `--field-name`), `type` (a parser for one value),
-    `nargs`, `choices` and `metavar`; a bool field becomes a switch.
+    `cli` may hold `flag` (default `--field-name`), `type` (int: a positive integer unless
+    `signed=True`), `nargs`, `choices` and `required`; a bool field becomes a switch.
     """
     return dataclasses.field(default=default, metadata={"help": help, **cli})
 
@@ -133,6 +133,16 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
 
 
+def scratch_recipe(recipe):
+    """The Recipe for training a model from scratch; a fine-tuning recipe is an error (it needs a checkpoint)."""
+    recipe = training.get_recipe(recipe)
+    if recipe.name in training.FINETUNE_RECIPES:
+        scratch = [name for name in training.RECIPES if name not in training.FINETUNE_RECIPES]
+        raise ValueError(f"Recipe {recipe.name!r} fine-tunes a pretrained checkpoint (use finetune, or the "
+                         f"'pretrained' model with pretrained_recipe); for training from scratch use one of {scratch}.")
+    return recipe
+
+
 def _check_positive(name, value, allow_none=False):
     if value is None and allow_none:
         return
@@ -150,9 +160,9 @@ class DataEfficiencyConfig:
                           nargs="+", type=int)
     epochs: int = option(DEFAULT_EPOCHS, "passes over each subset, the same for every scratch model", type=int)
     min_steps: int = option(DEFAULT_MIN_STEPS, "at least this many optimizer steps per scratch run, so that "
-                            "small subsets are trained long enough", type=int)
+                            "small subsets are trained long enough", type=int, signed=True)
     seeds: tuple = option((0,), "one run per seed for every size and model (subset, init, augmentation)",
-                          nargs="+", type=int)
+                          nargs="+", type=int, signed=True)
     models: tuple = option(("vit", "cnn"), "models to compare: vit, cnn, hybrid, pretrained (needs --checkpoint)",
                            nargs="+", choices=MODELS)
     preset: str = option("Nano/4", "ViT preset of the scratch ViT (and the hybrid)")
@@ -189,7 +199,7 @@ class DataEfficiencyConfig:
         _check_positive("pretrained_epochs", self.pretrained_epochs)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("pretrained_recipe", self.pretrained_recipe, training.FINETUNE_RECIPES)
-        training.get_recipe(self.recipe)
+        scratch_recipe(self.recipe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +214,7 @@ class TrainConfig:
     image_size: int | None = option(None, "resize images to this size (None: the dataset's own)", type=int)
     cnn_width: int | None = option(None, "CNN width (None: matched to the ViT preset's parameter count)", type=int)
     data_dir: str | None = option(None, "tensorflow-datasets folder with a local copy")
-    seed: int = option(0, "seed of the initial weights, shuffling and augmentation", type=int)
+    seed: int = option(0, "seed of the initial weights, shuffling and augmentation", type=int, signed=True)
     out: str = option("runs/train", "output folder: history.json (rerun to resume) and result.json")
     precision: str = precision_option()
     verbose: bool = option(False, "show Keras progress bars (else one line per epoch)")
@@ -215,7 +225,7 @@ class FinetuneConfig:
     """Options of `finetune`: a pretrained ViT / DINOv2 checkpoint fine-tuned on a dataset."""
 
     checkpoint: str | None = option(None, "checkpoint directory or Hub id, e.g. google/vit-base-patch16-224-in21k, "
-                                    "facebook/dinov2-small")
+                                    "facebook/dinov2-small", required=True)
     dataset: str = option("cats_vs_dogs", "a dataset name: cats_vs_dogs, cifar10, cifar100, folder:PATH, ...")
     recipe: str = option(training.DEFAULT_FINETUNE_RECIPE, "fine-tuning recipe: lp_ft (linear probe, then all "
                          "weights), adamw_head, llrd, paper_sgd (the paper's SGD, meant for batch 512)",
@@ -232,7 +242,7 @@ class FinetuneConfig:
     test_size: int | None = option(None, "use this many test images, a stratified seeded sample", type=int)
     data_dir: str | None = option(None, "tensorflow-datasets folder with a local copy")
     cache_dir: str | None = option(None, "Hugging Face download cache (default ~/.cache/huggingface)")
-    seed: int = option(0, "seed of the head, the subsets, shuffling and augmentation", type=int)
+    seed: int = option(0, "seed of the head, the subsets, shuffling and augmentation", type=int, signed=True)
     out: str = option("runs/finetune", "output folder: result.json, history.json (rerun to resume), model.keras")
     precision: str = precision_option()
     verbose: bool = option(False, "show Keras progress bars (else one line per epoch)")
@@ -284,7 +294,7 @@ def train_and_evaluate(
     Every epoch is one pass over `train_data`; with `min_steps`, small training
     sets get more epochs so that every run takes at least that many steps.
     """
-    recipe = training.get_recipe(recipe)
+    recipe = scratch_recipe(recipe)
     batch_size = min(batch_size or recipe.batch_size, len(train_data))
     steps_per_epoch = max(1, len(train_data) // batch_size)
     epochs = max(int(epochs), math.ceil(min_steps / steps_per_epoch))
@@ -774,6 +784,7 @@ def train(config=None, log=print, **options):
     """
     config = config_from(TrainConfig, config, options)
     _check_choice("model", config.model, MODELS[:3])
+    scratch_recipe(config.recipe)
     out = Path(config.out)
     with _Precision(config.precision) as policy:
         train_data = vdata.load_arrays(config.dataset, "train", image_size=config.image_size, data_dir=config.data_dir)

@@ -44,7 +44,7 @@ POOLINGS = ("cls", "gap")
 
 
 # --------------------------------------------------------------------------- #
-# Argument checks shared by the layers (messages say what was given and what is allowed)
+# Seeds: a seeded model seeds each of its initialisers, nothing global
 # --------------------------------------------------------------------------- #
 def layer_seed(seed, name):
     """A seed for the layer `name` of a model built with `seed` (None stays None).
@@ -81,6 +81,9 @@ def seeded_initializer(initializer, seed):
         return keras.initializers.deserialize(config)
 
 
+# --------------------------------------------------------------------------- #
+# Argument checks shared by the layers (messages say what was given and what is allowed)
+# --------------------------------------------------------------------------- #
 def _check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")

@@ -33,7 +33,6 @@ STARTUP_NOISE = re.compile(
     r"|This TensorFlow binary is optimized to use available CPU instructions"
     r"|To enable the following instructions: .*rebuild TensorFlow"
     r"|TF-TRT Warning: Could not find TensorRT"
-    r"|oneDNN custom operations|port\.cc:\d+\] oneDNN"
 )
 
 

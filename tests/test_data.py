@@ -305,3 +305,24 @@ def test_a_class_selection_keeps_those_classes_relabelled_in_the_order_given(tmp
     assert arrays.class_names == ("dog", "bird") and sorted(np.bincount(arrays.labels).tolist()) == [4, 4]
     with pytest.raises(ValueError, match=r"has no class\(es\) \['fish'\]; allowed: \['bird', 'cat', 'dog'\]"):
         data.load(f"folder:{tmp_path}[dog,fish]", "test")
+
+
+def test_patch_permutation_moves_the_same_patches_in_every_image_and_is_invertible():
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype("uint8")
+    order = data.patch_permutation(16, 4, seed=0)
+    assert sorted(order.tolist()) == list(range(16)) and order.tolist() != list(range(16))
+    shuffled = data.permute_patches(images, 4, order)
+    for position, source in enumerate(order):  # the same move in every image
+        row, col, source_row, source_col = position // 4, position % 4, source // 4, source % 4
+        np.testing.assert_array_equal(shuffled[:, 4 * row:4 * row + 4, 4 * col:4 * col + 4],
+                                      images[:, 4 * source_row:4 * source_row + 4, 4 * source_col:4 * source_col + 4])
+    np.testing.assert_array_equal(data.permute_patches(shuffled, 4, np.argsort(order)), images)
+    np.testing.assert_array_equal(data.patch_permutation(16, 4, seed=0), order)  # fixed by its seed
+    # The pipeline shuffles with the same order (train, validation and test alike).
+    batches = data.make_pipeline(data.ArrayData(images, np.zeros(3, "int32"), ("a",)), 3, rescale=1.0,
+                                 patch_order=(4, order))
+    np.testing.assert_array_equal(next(iter(batches))[0].numpy(), shuffled.astype("float32"))
+    with pytest.raises(ValueError, match="not a multiple of patch_size 5"):
+        data.patch_permutation(16, 5)
+    with pytest.raises(ValueError, match="must be a permutation of range"):
+        data.permute_patches(images, 4, [0, 1, 2])

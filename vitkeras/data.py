@@ -46,6 +46,8 @@ __all__ = [
     "stratified_subset",
     "stratified_sample",
     "split_classes",
+    "patch_permutation",
+    "permute_patches",
     "make_augmentation",
     "make_pipeline",
 ]
@@ -570,6 +572,59 @@ def stratified_subset(labels, per_class, seed=0):
 
 
 # --------------------------------------------------------------------------- #
+# Shuffled patches: the inductive-bias experiment
+# --------------------------------------------------------------------------- #
+def patch_permutation(image_size, patch_size, seed=0):
+    """One fixed random order of an image's P x P patches (row-major grid positions).
+
+    `permute_patches(images, P, order)` puts patch `order[i]` at position i, the
+    same for every image. A ViT with learned position embeddings sees only renamed
+    positions; a CNN loses the neighbourhoods its local filters rely on.
+
+    Example:
+    >>> patch_permutation(16, 4, seed=0).shape
+    (16,)
+    """
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}; "
+                         f"allowed patch sizes: {[p for p in range(1, image_size + 1) if image_size % p == 0]}.")
+    grid = image_size // patch_size
+    return np.random.default_rng(seed).permutation(grid * grid)
+
+
+def permute_patches(images, patch_size, order):
+    """Images (B, H, W, C) with patch `order[i]` moved to grid position i (NumPy or TensorFlow).
+
+    `permute_patches(permute_patches(x, P, order), P, np.argsort(order))` is `x`.
+
+    Example:
+    >>> x = np.arange(16).reshape(1, 4, 4, 1)
+    >>> permute_patches(x, 2, [3, 2, 1, 0])[0, :, :, 0]
+    array([[10, 11,  8,  9],
+           [14, 15, 12, 13],
+           [ 2,  3,  0,  1],
+           [ 6,  7,  4,  5]])
+    """
+    order = np.asarray(order)
+    if isinstance(images, np.ndarray):
+        reshape, transpose, take = np.reshape, np.transpose, lambda x, i: np.take(x, i, axis=1)
+    else:  # a tf.Tensor inside tf.data
+        import tensorflow as tf
+
+        reshape, transpose, take = tf.reshape, tf.transpose, lambda x, i: tf.gather(x, i, axis=1)
+    height, width, channels = (int(d) for d in images.shape[1:])
+    rows, cols = height // patch_size, width // patch_size
+    if rows * patch_size != height or cols * patch_size != width or sorted(order.tolist()) != list(range(rows * cols)):
+        raise ValueError(f"Cannot permute {height}x{width} images in {patch_size}-pixel patches with an order of "
+                         f"length {len(order)}; the order must be a permutation of range({rows * cols}).")
+    x = reshape(images, (-1, rows, patch_size, cols, patch_size, channels))  # (B, r, P, c, P, C)
+    x = transpose(x, (0, 1, 3, 2, 4, 5))  # (B, r, c, P, P, C)
+    x = take(reshape(x, (-1, rows * cols, patch_size, patch_size, channels)), order)  # (B, N, P, P, C)
+    x = transpose(reshape(x, (-1, rows, cols, patch_size, patch_size, channels)), (0, 1, 3, 2, 4, 5))  # (B, r, P, c, P, C)
+    return reshape(x, (-1, height, width, channels))  # (B, H, W, C)
+
+
+# --------------------------------------------------------------------------- #
 # Augmentation and the input pipeline
 # --------------------------------------------------------------------------- #
 AUGMENTATIONS = ("none", "basic", "strong")
@@ -618,6 +673,7 @@ def make_pipeline(
     seed=0,
     repeat=False,
     resize=None,
+    patch_order=None,
 ):
     """Batches of (float32 images, one-hot float32 labels) ready for `model.fit`.
 
@@ -635,6 +691,8 @@ def make_pipeline(
         repeat: repeat forever (use `steps_per_epoch` in fit).
         resize: resize images to this square size (bilinear, antialiased) before augmenting,
             e.g. 32-pixel CIFAR to the 112 pixels a pretrained checkpoint is fine-tuned at.
+        patch_order: (patch size, order) to shuffle every image's patches with `permute_patches`,
+            after augmentation (so a ViT sees the same augmented images with renamed positions).
     """
     import keras
     import tensorflow as tf
@@ -667,6 +725,8 @@ def make_pipeline(
             images = tf.image.resize(images, (int(resize), int(resize)), antialias=True)  # (B, S, S, C)
         for layer in augment:
             images = layer(images, training=True)
+        if patch_order is not None:
+            images = permute_patches(images, *patch_order)
         labels = tf.one_hot(labels, num_classes)  # (B, K)
         for mixer in mixers:
             mixed = mixer({"images": images, "labels": labels}, training=True)

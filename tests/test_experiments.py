@@ -19,7 +19,8 @@ def small_shapes_splits(monkeypatch):
     monkeypatch.setattr(data, "SHAPES_SPLIT_SIZES", {"train": 600, "validation": 60, "test": 240})
 
 
-TINY = dict(dataset="shapes", sizes=(4, 8), epochs=1, min_steps=2, batch_size=8, preset="Nano/4", log=lambda *a: None)
+TINY = dict(dataset="shapes", sizes=(4, 8), validation_per_class=3, patience=1, max_steps=4, batch_size=8,
+            preset="Nano/4", log=lambda *a: None)
 
 
 def test_data_efficiency_writes_records_settings_and_plot(tmp_path):
@@ -29,8 +30,11 @@ def test_data_efficiency_writes_records_settings_and_plot(tmp_path):
     records = stored["results"]
     assert {(r["model"], r["train_size"]) for r in records} == {(m, n) for m in ("vit", "cnn") for n in (24, 48)}
     for record in records:
-        assert set(record) >= {"model", "train_size", "seed", "test_accuracy", "epochs", "seconds"}
-        assert 0.0 <= record["test_accuracy"] <= 1.0 and record["epochs"] >= 1
+        assert set(record) >= {"model", "train_size", "seed", "train_accuracy", "validation_accuracy",
+                               "test_accuracy", "steps", "best_step", "hit_step_cap", "seconds"}
+        for name in ("train_accuracy", "validation_accuracy", "test_accuracy"):
+            assert 0.0 <= record[name] <= 1.0
+        assert 1 <= record["best_step"] <= record["steps"] <= 4
     settings = stored["settings"]
     assert settings["dataset"] == "shapes" and settings["test_size"] == 240 and settings["num_classes"] == 6
     vit, cnn = settings["parameters"]["vit"], settings["parameters"]["cnn"]
@@ -41,7 +45,7 @@ def test_data_efficiency_writes_records_settings_and_plot(tmp_path):
 
 @default_backend_only
 def test_interrupted_run_keeps_finished_points_and_resumes(tmp_path, monkeypatch):
-    real = experiments.train_and_evaluate
+    real = experiments.train_to_convergence
     calls = []
 
     def interrupt_third(*args, **kwargs):
@@ -50,21 +54,28 @@ def test_interrupted_run_keeps_finished_points_and_resumes(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(experiments, "train_and_evaluate", interrupt_third)
+    monkeypatch.setattr(experiments, "train_to_convergence", interrupt_third)
     with pytest.raises(KeyboardInterrupt):
         experiments.data_efficiency(out=tmp_path, **TINY)
     kept = json.loads((tmp_path / "results.json").read_text())["results"]
     assert len(kept) == 2
-    monkeypatch.setattr(experiments, "train_and_evaluate", real)
+    calls.clear()
+    monkeypatch.setattr(experiments, "train_to_convergence", lambda *a, **k: calls.append(k["label"]) or real(*a, **k))
     finished = experiments.data_efficiency(out=tmp_path, **TINY)["results"]
     assert len(finished) == 4 and finished[:2] == kept
+    assert calls == ["vit n=48 seed=0", "cnn n=48 seed=0"]  # only the unfinished points trained
 
 
 @default_backend_only
-def test_rerun_with_other_settings_refuses_to_mix_results(tmp_path):
-    experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4,)})
+def test_rerun_with_more_sizes_adds_them_and_other_settings_refuse_to_mix(tmp_path):
+    first = experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4,), "models": ("cnn",)})["results"]
+    more = experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4, 5), "models": ("cnn",)})["results"]
+    assert more[0] == first[0] and [r["train_size"] for r in more] == [24, 30]
+    again = experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (5,), "models": ("cnn",)})["results"]
+    assert again == more[1:]  # the summary holds the asked-for points; the file keeps all
+    assert len(json.loads((tmp_path / "results.json").read_text())["results"]) == 2
     with pytest.raises(ValueError, match=r"holds results of other settings.*another --out"):
-        experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (5,)})
+        experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4,), "patience": 2})
     # A modified recipe keeps its name but is another setting too.
     from vitkeras import training
 
@@ -74,7 +85,8 @@ def test_rerun_with_other_settings_refuses_to_mix_results(tmp_path):
 
 
 def test_sizes_larger_than_the_pool_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match=r"sizes go up to 99999 per class, but 'shapes' has only 100 per class"):
+    with pytest.raises(ValueError, match=r"sizes go up to 99999 per class, but 'shapes' has only 100 per class, "
+                                         r"3 of them for validation; allowed sizes: 1 to 97"):
         experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (99999,)})
 
 
@@ -101,8 +113,8 @@ def run_cli(*args):
 
 @default_backend_only
 def test_cli_data_efficiency_end_to_end(tmp_path):
-    result = run_cli("data-efficiency", "--sizes", "3", "--epochs", "1", "--min-steps", "1", "--batch-size", "6",
-                     "--out", str(tmp_path))
+    result = run_cli("data-efficiency", "--sizes", "3", "--max-steps", "2", "--validation-per-class", "2",
+                     "--batch-size", "6", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "cnn - vit" in result.stdout and (tmp_path / "results.json").exists()
     assert result.stderr == ""  # no TensorFlow / CUDA start-up line, no Keras warning
@@ -293,3 +305,136 @@ def test_cli_options_come_from_the_config_fields():
                                                       seeds=(0, -1), shapes_sizes=(60, 30))
     with pytest.raises(SystemExit):  # a finetune without --checkpoint is refused by the parser
         parser.parse_args(["finetune"])
+    shuffled = _config_from_args(experiments.ShuffledPatchesConfig,
+                                 parser.parse_args(["shuffled-patches", "--models", "vit-nopos", "cnn"]))
+    assert shuffled == experiments.ShuffledPatchesConfig(models=("vit-nopos", "cnn"))
+    assert shuffled.sizes == experiments.DEFAULT_SHUFFLED_SIZES and shuffled.out == "runs/shuffled_patches"
+    with pytest.raises(SystemExit):  # both conditions always run: no --shuffle-patches switch here
+        parser.parse_args(["shuffled-patches", "--shuffle-patches"])
+    assert parser.parse_args(["data-efficiency", "--shuffle-patches"]).shuffle_patches
+
+
+class _WeightsAtEvaluation:
+    """A Keras callback (built lazily: keras is imported by the test) that records weights per evaluation."""
+
+    def __new__(cls):
+        import keras
+
+        class Recorder(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.weights, self.scores = [], []
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.weights.append([np.array(w) for w in self.model.get_weights()])
+                self.scores.append(float(logs["val_accuracy"]))
+
+        return Recorder()
+
+
+def test_early_stopping_ends_with_the_weights_of_the_best_validation_accuracy():
+    # Reddish vs bluish images; the validation labels are swapped: the better the model fits
+    # its training set, the worse its validation accuracy, so the peak comes early.
+    rng = np.random.default_rng(0)
+    labels = np.arange(96) % 2
+    colours = np.where(labels[:, None] == 0, [200, 40, 40], [40, 40, 200])  # (n, 3)
+    images = np.clip(rng.normal(colours[:, None, None, :], 30, (96, 16, 16, 3)), 0, 255).astype("uint8")
+    train = data.ArrayData(images[:64], labels[:64].astype("int32"), ("red", "blue"))
+    swapped = data.ArrayData(images[64:], (1 - labels[64:]).astype("int32"), ("red", "blue"))
+    model = experiments.build_model("cnn", 16, 2, cnn_width=4, seed=0)
+    recorder = _WeightsAtEvaluation()
+    run = experiments.train_to_convergence(model, train, swapped, training_recipe(), batch_size=16, patience=3,
+                                           max_steps=400, eval_every=4, callbacks=[recorder])
+    best = int(np.argmax(recorder.scores))
+    assert len(recorder.scores) == best + 1 + 3 < 100  # stopped 3 evaluations after the peak, long before the cap
+    assert run["best_step"] == 4 * (best + 1) < run["steps"] and not run["hit_step_cap"]
+    assert int(np.array(model.optimizer.iterations)) == run["steps"]
+    assert float(np.array(model.optimizer.learning_rate)) == pytest.approx(3e-3 * experiments.PLATEAU_FACTOR ** 3)
+    assert run["validation_accuracy"] == pytest.approx(recorder.scores[best])
+    assert recorder.scores[-1] < recorder.scores[best]
+    for restored, recorded in zip(model.get_weights(), recorder.weights[best]):
+        np.testing.assert_array_equal(np.array(restored), recorded)
+
+
+def training_recipe():
+    from vitkeras import training
+
+    return training.get_recipe("scratch", augmentation="none", learning_rate=3e-3)
+
+
+def test_a_run_that_reaches_the_step_cap_says_so():
+    pool = data.make_shapes(48, image_size=16, num_classes=2, seed=0)
+    lines = []
+    run = experiments.train_to_convergence(experiments.build_model("cnn", 16, 2, cnn_width=4, seed=0),
+                                           pool.take(np.arange(32)), pool.take(np.arange(32, 48)), training_recipe(),
+                                           batch_size=16, patience=5, max_steps=6, eval_every=2, log=lines.append,
+                                           label="cnn test")
+    assert run["hit_step_cap"] and run["steps"] == 6
+    assert any("WARNING: cnn test reached the step cap (6 steps)" in line for line in lines)
+
+
+def test_a_reused_model_trains_like_a_fresh_one():
+    """data_efficiency reuses one compiled model per kind: new weights and a reset optimizer must
+    give exactly the run a freshly built and compiled model gives."""
+    pool = data.make_shapes(48, image_size=16, num_classes=2, seed=0)
+    train, validation = pool.take(np.arange(32)), pool.take(np.arange(32, 48))
+    options = dict(recipe=training_recipe(), batch_size=16, patience=9, max_steps=6, eval_every=2, seed=1)
+    fresh = experiments.build_model("vit", 16, 2, seed=3)
+    experiments.train_to_convergence(fresh, train, validation, **options)
+    reused = experiments.build_model("vit", 16, 2, seed=0)
+    experiments.train_to_convergence(reused, train, validation, **{**options, "seed": 0})  # compiles it
+    reused.set_weights(experiments.build_model("vit", 16, 2, seed=3).get_weights())
+    experiments.train_to_convergence(reused, train, validation, **options)
+    for a, b in zip(fresh.get_weights(), reused.get_weights()):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
+
+
+def test_vit_without_position_embeddings_is_invariant_to_shuffled_patches_and_cnn_is_not():
+    images = data.make_shapes(4, image_size=16, seed=0).images.astype("float32") / 255.0
+    order = data.patch_permutation(16, 4, seed=0)
+    shuffled = data.permute_patches(images, 4, order)
+    assert not np.allclose(shuffled, images)
+    rng = np.random.default_rng(0)
+
+    def with_random_head(kind):  # the ViT's head starts at zero: every logit would be 0
+        model = experiments.build_model(kind, 16, 6, cnn_width=8, seed=0)
+        head = model.get_layer("head")
+        head.kernel.assign(rng.normal(0, 1, head.kernel.shape).astype("float32"))
+        return model
+
+    nopos = with_random_head("vit-nopos")
+    np.testing.assert_allclose(np.array(nopos(shuffled)), np.array(nopos(images)), rtol=1e-4, atol=1e-4)
+    for kind in ("vit", "cnn"):
+        model = with_random_head(kind)
+        assert np.abs(np.array(model(shuffled)) - np.array(model(images))).max() > 1e-2, kind
+
+
+@default_backend_only
+def test_shuffled_patches_runs_both_conditions_with_one_permutation(tmp_path):
+    options = {**TINY, "sizes": (4,), "models": ("vit-nopos", "cnn")}
+    summaries = experiments.shuffled_patches(out=tmp_path, **options)
+    original, shuffled = summaries["original"]["settings"], summaries["shuffled"]["settings"]
+    assert original["patch_order"] is None and not original["shuffle_patches"]
+    assert shuffled["shuffle_patches"] and sorted(shuffled["patch_order"]) == list(range(16))
+    assert shuffled["patch_order"] == data.patch_permutation(16, 4, seed=0).tolist()
+    assert {r["model"] for r in summaries["shuffled"]["results"]} == {"vit-nopos", "cnn"}
+    # The same seed, subset and initial weights: the ViT without position embeddings cannot tell the two apart.
+    nopos = [s["results"][0]["test_accuracy"] for s in summaries.values()]
+    assert nopos[0] == pytest.approx(nopos[1], abs=1e-6)
+    assert "cnn" in experiments.shuffled_table(summaries)
+    for name in ("original/results.json", "shuffled/results.json", "shuffled_patches.png"):
+        assert (tmp_path / name).exists()
+    with pytest.raises(ValueError, match="shuffle_patches applies to the scratch models only"):
+        experiments.data_efficiency(out=tmp_path / "x", shuffle_patches=True, models=("pretrained",),
+                                    checkpoint="x")
+
+
+def test_plot_draws_training_accuracy_as_thin_lines_of_the_models_colour():
+    results = [{"model": m, "train_size": n, "seed": s, "test_accuracy": 0.5 + 0.1 * s, "train_accuracy": 1.0}
+               for m in ("vit", "cnn") for n in (60, 600) for s in (0, 1)]
+    figure = experiments.plot_data_efficiency({"settings": {"num_classes": 6, "seeds": [0, 1]}, "results": results})
+    lines = figure.axes[0].get_lines()
+    solid = {line.get_color() for line in lines if line.get_linestyle() == "-" and len(line.get_xdata()) == 2}
+    dashed = {line.get_color() for line in lines if line.get_linestyle() == "--" and len(line.get_xdata()) == 2}
+    assert len(solid) == 2 and dashed == solid
+    assert len(figure.axes[0].collections) == 2  # one band per model over the two seeds

@@ -33,7 +33,7 @@ def _config_from_args(config_class, args):
     """The experiment's config from the parsed arguments (the fields are the options)."""
     import dataclasses
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if f.metadata.get("cli") is not False}
     return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
@@ -44,6 +44,16 @@ def _data_efficiency(args):
     summary = experiments.data_efficiency(config)
     print(experiments.summary_table(summary))
     print(f"wrote {config.out}/results.json and {config.out}/data_efficiency.png")
+    return 0
+
+
+def _shuffled_patches(args):
+    from vitkeras import experiments
+
+    config = _config_from_args(experiments.ShuffledPatchesConfig, args)
+    summaries = experiments.shuffled_patches(config)
+    print(experiments.shuffled_table(summaries))
+    print(f"wrote {config.out}/original, {config.out}/shuffled and {config.out}/shuffled_patches.png")
     return 0
 
 
@@ -130,6 +140,8 @@ def _add_config_arguments(parser, config_class):
 
     for field in dataclasses.fields(config_class):
         meta = field.metadata
+        if meta.get("cli") is False:
+            continue
         flag = meta.get("flag", "--" + field.name.replace("_", "-"))
         default = field.default
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
@@ -167,13 +179,29 @@ def make_parser():
         "data-efficiency",
         help="ViT vs CNN test accuracy as the training set grows (the course's main experiment)",
         description="Trains a ViT and a CNN of similar size with the same recipe on growing, stratified "
-        "training subsets (and, with --models ... pretrained --checkpoint DIR, fine-tunes a pretrained ViT "
-        "on the same subsets) and evaluates all on one test set. Writes OUT/results.json (after every "
-        "finished point; a rerun skips finished points) and OUT/data_efficiency.png.",
+        "training subsets, each until its accuracy on a held-out validation split stops improving (best "
+        "weights restored), and tests all on one test set; with --models ... pretrained --checkpoint DIR it "
+        "also fine-tunes a pretrained ViT on the same subsets. Prints progress (run, step, time left) and "
+        "writes OUT/results.json (training, validation and test accuracy of every run, after every finished "
+        "run; a rerun skips finished runs) and OUT/data_efficiency.png.",
         epilog="example: python -m vitkeras data-efficiency --sizes 100 300 --seeds 0 1",
     )
     _add_config_arguments(efficiency, experiments.DataEfficiencyConfig)
     efficiency.set_defaults(run=_data_efficiency)
+
+    shuffled = commands.add_parser(
+        "shuffled-patches",
+        help="the inductive-bias experiment: ViT, ViT without position embeddings and CNN on original and "
+        "patch-shuffled images",
+        description="Shuffles every image's patches with one fixed random permutation (the same for every "
+        "image, train and test) and runs the data-efficiency experiment on the original and the shuffled "
+        "images. A ViT with learned position embeddings only sees renamed positions; a ViT without them is "
+        "exactly invariant; a CNN loses its locality prior. Writes OUT/original, OUT/shuffled (each resumable) "
+        "and OUT/shuffled_patches.png.",
+        epilog="example: python -m vitkeras shuffled-patches --sizes 25 250 --seeds 0 1",
+    )
+    _add_config_arguments(shuffled, experiments.ShuffledPatchesConfig)
+    shuffled.set_defaults(run=_shuffled_patches)
 
     train = commands.add_parser(
         "train", help="train one model and report its test accuracy",

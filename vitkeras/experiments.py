@@ -1120,7 +1120,7 @@ def plot_shuffled_patches(summaries, path=None):
             panel.bar(np.arange(len(kinds)) + offset, mean, 0.4, yerr=spread, capsize=3, color=colour,
                       label=f"{condition} images")
         panel.set_xticks(np.arange(len(kinds)), kinds)
-        panel.set_title(f"{size} training images")
+        panel.set_title(f"{size:,} training images")
         panel.set_ylim(0, 1.02)
         panel.grid(True, axis="y", alpha=0.3)
     settings = summaries["original"].get("settings", {})

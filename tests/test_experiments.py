@@ -373,6 +373,9 @@ def test_a_run_that_reaches_the_step_cap_says_so():
     assert any("WARNING: cnn test reached the step cap (6 steps)" in line for line in lines)
 
 
+@pytest.mark.skipif(not experiments.REUSE_COMPILED_MODELS,
+                    reason="data_efficiency reuses compiled models on TensorFlow only; on JAX this test failed "
+                    "(a reused model trained differently, cause not found), so reuse is off there")
 def test_a_reused_model_trains_like_a_fresh_one():
     """data_efficiency reuses one compiled model per kind: new weights and a reset optimizer must
     give exactly the run a freshly built and compiled model gives."""
@@ -402,11 +405,14 @@ def test_vit_without_position_embeddings_is_invariant_to_shuffled_patches_and_cn
         head.kernel.assign(rng.normal(0, 1, head.kernel.shape).astype("float32"))
         return model
 
+    def logits(model, x):
+        return model.predict(x, verbose=0)
+
     nopos = with_random_head("vit-nopos")
-    np.testing.assert_allclose(np.array(nopos(shuffled)), np.array(nopos(images)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits(nopos, shuffled), logits(nopos, images), rtol=1e-4, atol=1e-4)
     for kind in ("vit", "cnn"):
         model = with_random_head(kind)
-        assert np.abs(np.array(model(shuffled)) - np.array(model(images))).max() > 1e-2, kind
+        assert np.abs(logits(model, shuffled) - logits(model, images)).max() > 1e-2, kind
 
 
 @default_backend_only

@@ -61,9 +61,9 @@ __all__ = [
 MODELS = ("vit", "vit-nopos", "cnn", "hybrid", "pretrained")
 SCRATCH_MODELS = ("vit", "vit-nopos", "cnn", "hybrid")
 # The default data-efficiency run (embedded dataset, 6 classes, 16x16 images): training
-# examples per class, validation examples per class, and the recipe (no augmentation, so
-# that a model's training accuracy shows how well it fits the images it saw). Chosen with
-# the measurements in benchmarks/RESULTS.md.
+# examples per class, validation examples per class, the ViT, the recipe (its learning rate,
+# weight decay and augmentation; see train_to_convergence for the schedule) and the batch.
+# Chosen with the measurements in benchmarks/RESULTS.md.
 DEFAULT_SIZES = (100, 300, 1000)
 DEFAULT_VALIDATION_PER_CLASS = 50
 DEFAULT_EFFICIENCY_PRESET = "Pico/4"
@@ -202,7 +202,8 @@ class DataEfficiencyConfig:
     cnn_stem_stride: int = option(2, "stride of the CNN's stem (2: a quarter of the compute of 1, the same "
                                   "parameters)", type=int)
     recipe: object = option(DEFAULT_EFFICIENCY_RECIPE, "training recipe of the scratch models (a name in "
-                            "training.RECIPES or a training.Recipe); its schedule becomes constant after warm-up")
+                            "training.RECIPES or a training.Recipe); its schedule is replaced by a constant rate lowered "
+                            "on plateaus")
     batch_size: int = option(DEFAULT_EFFICIENCY_BATCH, "training batch size of the scratch models (smaller "
                              "training sets train on all their images at once)", type=int)
     shuffle_patches: bool = option(False, "shuffle every image's patches (the ViT preset's patch size) with one "

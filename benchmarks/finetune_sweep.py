@@ -103,6 +103,9 @@ def main(argv=None):
                 "seconds": result["seconds"], "seconds_per_epoch": result["seconds_per_epoch"],
                 "probe_seconds": (result["probe"] or {}).get("seconds"),
                 "image_size": result["image_size"], "machine": result["machine"],
+                # LP-FT's held-out check (None for other recipes and older results).
+                "selection": result.get("selection"),
+                "validation_size": result["config"].get("validation_size"),
             }
             rows = [r for r in rows if r["run"] != run] + [row]
             summary_path.parent.mkdir(parents=True, exist_ok=True)

@@ -249,6 +249,49 @@ def test_lp_ft_second_stage_starts_from_the_probes_head(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
+    "probe_learns,finetune_rate,kept",
+    [
+        (True, 1.0, "probe"),  # a good probe, then a rate that wrecks the features: the probe stays
+        (False, 4e-3, "fine_tuned"),  # a probe that left the head at zero, then a working fine-tune: it wins
+    ],
+)
+def test_lp_ft_keeps_the_probe_unless_fine_tuning_scores_higher_on_validation(
+        tmp_path, monkeypatch, probe_learns, finetune_rate, kept):
+    from vitkeras import pretrained, training
+
+    model = pretrained.load_pretrained(_tiny_checkpoint(tmp_path / "ckpt"), num_classes=2, seed=0)
+    folder = _colour_folder(tmp_path / "images", per_class=60)
+    train = data.load_arrays(folder, "train", image_size=16)
+    validation = data.load_arrays(folder, "validation", image_size=16)
+    real_probe, seen = experiments.train_linear_probe, {}
+
+    def probe(model, *args, **kwargs):
+        result = real_probe(model, *args, **kwargs) if probe_learns else {"train_accuracy": 0.5}
+        seen["probe_weights"] = model.get_weights()
+        return result
+
+    monkeypatch.setattr(experiments, "train_linear_probe", probe)
+    recipe = training.get_recipe("lp_ft", batch_size=8, learning_rate=finetune_rate)
+    run = experiments.fine_tune(model, train, len(train), 2, recipe, epochs=3, seed=0, validation=validation)
+    selection = run["selection"]
+    assert selection["kept"] == kept and selection["examples"] == len(validation) >= 8, selection
+    assert (selection["fine_tuned"] > selection["probe"]) == (kept == "fine_tuned")
+    same = [np.array_equal(a, b) for a, b in zip(model.get_weights(), seen["probe_weights"])]
+    assert all(same) if kept == "probe" else not all(same)
+    batches = data.make_pipeline(validation, 64, 2, rescale=1.0)
+    assert experiments.evaluate(model, batches) == pytest.approx(selection[kept])
+
+
+def test_lp_ft_without_validation_keeps_the_fine_tuned_weights(tmp_path):
+    from vitkeras import pretrained, training
+
+    model = pretrained.load_pretrained(_tiny_checkpoint(tmp_path / "ckpt"), num_classes=2, seed=0)
+    train = data.load_arrays(_colour_folder(tmp_path / "images", per_class=8), "train", image_size=16)
+    run = experiments.fine_tune(model, train, len(train), 2, training.get_recipe("lp_ft", batch_size=4), epochs=1)
+    assert run["selection"] is None
+
+
+@pytest.mark.parametrize(
     "options,message",
     [
         (dict(train_size=1), r"A subset of 1 example\(s\) cannot hold all 2 classes .*allowed: 2 to \d+"),

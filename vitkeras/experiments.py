@@ -293,6 +293,9 @@ class FinetuneConfig:
                                          type=float)
     train_size: int | None = option(None, "use this many training images, a stratified seeded sample", type=int)
     test_size: int | None = option(None, "use this many test images, a stratified seeded sample", type=int)
+    validation_size: int = option(200, "validation images (a stratified seeded sample of the validation split, "
+                                  "all of it if smaller) on which LP-FT keeps the probe unless fine-tuning scores "
+                                  "higher; 0: no check", type=int)
     data_dir: str | None = option(None, "tensorflow-datasets folder with a local copy")
     cache_dir: str | None = option(None, "Hugging Face download cache (default ~/.cache/huggingface)")
     seed: int = option(0, "seed of the head, the subsets, shuffling and augmentation", type=int, signed=True)
@@ -314,6 +317,9 @@ class FinetuneConfig:
         _check_positive("epochs", self.epochs)
         for name in ("batch_size", "image_size", "train_size", "test_size"):
             _check_positive(name, getattr(self, name), allow_none=True)
+        if isinstance(self.validation_size, bool) or not isinstance(self.validation_size, int) \
+                or self.validation_size < 0:
+            raise ValueError(f"validation_size must be a whole number >= 0 (0: no check), got {self.validation_size!r}.")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}.")
         _check_choice("precision", self.precision, PRECISIONS)
@@ -534,7 +540,7 @@ def train_linear_probe(model, batches, recipe, seed=0):
 
 
 def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_probe=False, seed=0,
-              out_dir=None, verbose=0, resize=None, log=None):
+              out_dir=None, verbose=0, resize=None, log=None, validation=None):
     """Fine-tunes a pretrained model with a recipe: linear probe, LP-FT or one stage.
 
     Args:
@@ -550,10 +556,14 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
         verbose: Keras verbosity of the fine-tuning epochs.
         resize: resize images to this size in the pipeline (e.g. 32-px CIFAR to 112).
         log: a function for one progress line per stage (None: quiet).
+        validation: held-out (uint8 image, label) examples. With a recipe that has
+            `keep_probe_unless_better` (LP-FT), the probe and the fine-tuned weights are
+            both scored on them and the probe's are kept unless the fine-tuned ones score
+            higher. None: no check, the fine-tuned weights are kept.
 
     Returns:
         {"probe": {...} or None, "seconds": all stages, "finetune_seconds", "seconds_per_epoch",
-         "steps_per_epoch", "history"}
+         "steps_per_epoch", "history", "selection": {...} or None}
     """
     recipe = training.get_recipe(recipe)
     batch = min(recipe.batch_size, num_examples)
@@ -565,7 +575,7 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
         if log:
             log(f"  linear probe: {num_examples} images, features in {probe['feature_seconds']:.0f} s, "
                 f"head trained to {probe['train_accuracy']:.3f} training accuracy")
-    history, steps_per_epoch, finetune_seconds = {}, 0, 0.0
+    history, steps_per_epoch, finetune_seconds, selection = {}, 0, 0.0, None
     if not linear_probe:
         recipe = recipe.replace(learning_rate=training.learning_rate_for(recipe, num_examples))
         steps_per_epoch = max(1, num_examples // batch)
@@ -574,9 +584,15 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
         for layer in model.layers:
             layer.trainable = True
         training.compile_model(model, recipe, total_steps=epochs * steps_per_epoch)
+        check = _ProbeCheck(model, validation, num_classes, resize) \
+            if probe and recipe.keep_probe_unless_better and validation is not None else None
         fit_start = time.perf_counter()
         history = training.fit(model, batches, epochs, steps_per_epoch, out_dir=out_dir, verbose=verbose)
         finetune_seconds = time.perf_counter() - fit_start
+        selection = check.choose() if check else None
+        if log and selection:
+            log(f"  accuracy: probe {selection['probe']:.4f}, fine-tuned {selection['fine_tuned']:.4f} "
+                f"on {selection['examples'] or 'the'} validation images; kept the {selection['kept'].replace('_', '-')} weights")
     else:
         training.compile_model(model, recipe, total_steps=1)  # loss and accuracy for evaluate and save
     return {
@@ -588,7 +604,34 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
         "batch_size": batch,
         "learning_rate": None if linear_probe else recipe.learning_rate,
         "history": history,
+        "selection": selection,
     }
+
+
+class _ProbeCheck:
+    """Scores the probe's weights on validation images now, and `choose()` keeps them unless fine-tuning beat them.
+
+    The probe's weights stay in memory (a copy of every weight) until `choose()`.
+    Ties keep the probe: the fine-tuned weights must earn their place.
+    """
+
+    def __init__(self, model, validation, num_classes, resize):
+        self.model = model
+        self.batches = vdata.make_pipeline(validation, 64, num_classes, rescale=1.0, resize=resize)
+        try:
+            self.examples = len(validation)
+        except TypeError:  # a stream of unknown length (a folder)
+            self.examples = None
+        self.probe_accuracy = evaluate(model, self.batches)
+        self.probe_weights = model.get_weights()
+
+    def choose(self):
+        fine_tuned = evaluate(self.model, self.batches)
+        kept = "fine_tuned" if fine_tuned > self.probe_accuracy else "probe"
+        if kept == "probe":
+            self.model.set_weights(self.probe_weights)
+        self.probe_weights = None
+        return {"probe": self.probe_accuracy, "fine_tuned": fine_tuned, "kept": kept, "examples": self.examples}
 
 
 class _Precision:
@@ -633,6 +676,17 @@ def _finetune_data(config, size):
     return train, train_info, test, test_info
 
 
+def _finetune_validation(config, size):
+    """The validation images LP-FT checks itself on: a stratified seeded sample, or None (validation_size 0)."""
+    if not config.validation_size or config.linear_probe:
+        return None
+    validation, info = vdata.load(config.dataset, "validation", image_size=size, data_dir=config.data_dir)
+    if info.num_examples > config.validation_size:
+        validation, info = vdata.load(config.dataset, "validation", image_size=size, data_dir=config.data_dir,
+                                      max_examples=config.validation_size, subset_seed=config.seed)
+    return validation.cache()
+
+
 def finetune(config=None, log=print, **options):
     """Fine-tunes a pretrained checkpoint on a dataset and reports test accuracy (paper section 3.2).
 
@@ -660,6 +714,7 @@ def finetune(config=None, log=print, **options):
     with _Precision(config.precision) as policy:
         directory, info, size = _finetune_resolution(config)
         train, train_info, test, test_info = _finetune_data(config, size)
+        validation = _finetune_validation(config, size)
         model = pretrained.load_pretrained(directory, image_size=size, num_classes=train_info.num_classes,
                                            linear_probe=config.linear_probe, seed=config.seed)
         log(f"fine-tuning {info.model_type} from {config.checkpoint} ({model.count_params():,} parameters) on "
@@ -667,7 +722,7 @@ def finetune(config=None, log=print, **options):
             f"{' (linear probe only)' if config.linear_probe else ''}")
         run = fine_tune(model, train, train_info.num_examples, train_info.num_classes, recipe, config.epochs,
                         linear_probe=config.linear_probe, seed=config.seed, out_dir=out,
-                        verbose=_keras_verbosity(config.verbose), log=log)
+                        verbose=_keras_verbosity(config.verbose), log=log, validation=validation)
         accuracy = evaluate(model, vdata.make_pipeline(test, 64, train_info.num_classes, rescale=1.0))
         out.mkdir(parents=True, exist_ok=True)
         model.save(out / "model.keras")
@@ -788,7 +843,8 @@ def _efficiency_settings(config, train_all, test, width, params, policy):
         key["shapes_sizes"] = list(config.shapes_sizes)
     if "pretrained" in config.models:
         key.update(checkpoint=str(config.checkpoint), pretrained_image_size=config.pretrained_image_size,
-                   pretrained_recipe=config.pretrained_recipe, pretrained_epochs=config.pretrained_epochs)
+                   pretrained_recipe=dataclasses.asdict(training.get_recipe(config.pretrained_recipe)),
+                   pretrained_epochs=config.pretrained_epochs)
     order = _patch_order(config, int(train_all.images.shape[1]))
     return {
         "key": json.dumps(key, sort_keys=True),
@@ -815,13 +871,13 @@ def _pretrained_point(config, subset, validation, test, seed):
     model = pretrained.load_pretrained(config.checkpoint, image_size=size, num_classes=num_classes,
                                        cache_dir=config.cache_dir, seed=seed)
     run = fine_tune(model, subset, len(subset), num_classes, config.pretrained_recipe, config.pretrained_epochs,
-                    seed=seed, verbose=_keras_verbosity(config.verbose, quiet=0), resize=size)
+                    seed=seed, verbose=_keras_verbosity(config.verbose, quiet=0), resize=size, validation=validation)
     score = {name: evaluate(model, vdata.make_pipeline(data, 64, num_classes, rescale=1.0, resize=size))
              for name, data in (("train", subset), ("validation", validation), ("test", test))}
     steps = config.pretrained_epochs * math.ceil(len(subset) / training.get_recipe(config.pretrained_recipe).batch_size)
     return {"train_accuracy": score["train"], "validation_accuracy": score["validation"],
             "test_accuracy": score["test"], "steps": steps, "best_step": steps, "hit_step_cap": False,
-            "seconds": run["seconds"]}
+            "seconds": run["seconds"], "kept": (run["selection"] or {}).get("kept")}
 
 
 def _efficiency_point(config, kind, subset, validation, test, width, seed, log, compiled):

@@ -89,6 +89,10 @@ class Recipe:
     # (to at least a quarter): with few images the probe already fits them, the gradients are mostly
     # noise, and Adam's normalised steps turn noise into full-size updates (benchmarks/RESULTS.md).
     full_learning_rate_from: int | None = None
+    # Fine-tuning only (LP-FT): given validation images, keep the probe's weights unless the
+    # fine-tuned ones score higher there. With ~100 training images fine-tuning can fall below
+    # the probe it started from (benchmarks/RESULTS.md); a held-out check catches that.
+    keep_probe_unless_better: bool = False
     # The linear probe (stage 1 of LP-FT, and `--linear-probe`): AdamW on cached features.
     probe_learning_rate: float = 3e-3
     probe_epochs: int = 200  # epochs over the cached features (cheap: a D x K matmul)
@@ -122,7 +126,7 @@ _FINETUNE_COMMON = dict(
 )
 FINETUNE_RECIPES = {
     "lp_ft": Recipe("lp_ft", learning_rate=2e-5, linear_probe_first=True, full_learning_rate_from=1000,
-                    **_FINETUNE_COMMON),
+                    keep_probe_unless_better=True, **_FINETUNE_COMMON),
     "adamw_head": Recipe("adamw_head", learning_rate=2e-5, head_learning_rate_multiplier=100.0, **_FINETUNE_COMMON),
     "llrd": Recipe("llrd", learning_rate=5e-5, head_learning_rate_multiplier=40.0, layer_decay=0.75,
                    **_FINETUNE_COMMON),

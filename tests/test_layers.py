@@ -341,3 +341,30 @@ def test_block_under_mixed_precision_keeps_norm_and_softmax_float32(policy, rng)
     assert block.query.compute_dtype == compute
     assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in block.weights)
     assert np.isfinite(to_numpy(keras.ops.cast(out, "float32"))).all()
+
+
+@pytest.mark.parametrize(
+    "device,policy,tokens,expected",
+    [
+        ("gpu:0", "mixed_bfloat16", 197, False),  # ViT-B/16 at 224 px: cuDNN rejects it, XLA without trying
+        ("gpu:0", "mixed_bfloat16", 256, True),  # a token count the fused kernel takes
+        ("gpu:0", "float32", 256, False),  # the fused kernel is half precision only
+        ("cpu:0", "mixed_bfloat16", 256, False),
+    ],
+)
+def test_block_asks_for_the_fused_attention_kernel_only_where_it_works(monkeypatch, rng, device, policy, tokens,
+                                                                       expected):
+    real, seen = keras.ops.dot_product_attention, []
+
+    def recording(*args, flash_attention=None, **kwargs):
+        seen.append(flash_attention)
+        return real(*args, flash_attention=None if flash_attention is None else False, **kwargs)
+
+    monkeypatch.setattr(keras.ops, "dot_product_attention", recording)
+    monkeypatch.setattr(keras.distribution, "list_devices", lambda *a: [device])
+    keras.config.set_dtype_policy(policy)
+    block = TransformerBlock(num_heads=2, mlp_dim=32)
+    out = block(rng.normal(size=(1, tokens, 16)).astype("float32"), training=True)
+    assert out.shape == (1, tokens, 16) and len(seen) == 1
+    # Only JAX needs the block to choose (Keras's own check accepts what cuDNN then rejects there).
+    assert seen[0] == (expected if keras.config.backend() == "jax" else None)

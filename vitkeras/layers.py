@@ -543,6 +543,33 @@ def _fused_attention_available(dtype):
     return not keras.distribution.list_devices()[0].lower().startswith("cpu")
 
 
+# cuDNN's fused attention kernel on JAX: half precision only, and token counts it accepts.
+FUSED_ATTENTION_DTYPES = ("float16", "bfloat16")
+FUSED_ATTENTION_TOKEN_MULTIPLE = 64
+
+
+def _flash_attention_choice(dtype, num_tokens):
+    """The `flash_attention` argument of `ops.dot_product_attention` for this block.
+
+    On JAX, Keras's own check accepts shapes that cuDNN then rejects while the
+    training step is traced (ViT-B/16 at 224 px: 197 tokens, "Unsupported sequence
+    length Q 197, KV 197"); Keras logs an ERROR traceback for every block and falls
+    back to XLA's attention. So on JAX the block chooses itself, and never makes the
+    failing attempt: the fused kernel only on a GPU, in float16 or bfloat16, for a
+    token count that is a multiple of 64; XLA's attention otherwise. Other backends
+    choose for themselves (None).
+
+    Example:
+    >>> _flash_attention_choice("float32", 197) in (None, False)
+    True
+    """
+    if keras.config.backend() != "jax":
+        return None
+    on_gpu = keras.distribution.list_devices()[0].lower().startswith(("gpu", "cuda"))
+    return bool(on_gpu and dtype in FUSED_ATTENTION_DTYPES and num_tokens is not None
+                and num_tokens % FUSED_ATTENTION_TOKEN_MULTIPLE == 0)
+
+
 def _float32_if_mixed(policy):
     """LayerNorm and softmax stay in float32 under a mixed precision policy."""
     if policy.compute_dtype in ("float16", "bfloat16"):
@@ -667,7 +694,8 @@ class TransformerBlock(keras.layers.Layer):
             dropped = self.attention_dropout_layer(ops.cast(weights, v.dtype), training=training)
             context = ops.einsum("bhqk,bkhd->bqhd", dropped, v)  # (B, T, h, d)
         else:  # the backend's fused kernel (cuDNN / flash on GPU); softmax accumulates in float32
-            context = ops.dot_product_attention(q, k, v)  # (B, T, h, d)
+            flash = _flash_attention_choice(self.compute_dtype, q.shape[1])
+            context = ops.dot_product_attention(q, k, v, flash_attention=flash)  # (B, T, h, d)
         context = ops.reshape(context, (-1, ops.shape(context)[1], self.hidden_dim))  # (B, T, D)
         out = self.attention_output(context)  # (B, T, D)
         return (out, weights) if return_attention_scores else out

@@ -299,6 +299,7 @@ def test_lp_ft_without_validation_keeps_the_fine_tuned_weights(tmp_path):
         (dict(image_size=20), r"Image size 20 does not fit this vit checkpoint: its patches are 8x8, .*16 or 24"),
         (dict(recipe="fast"), r"Unknown fine-tuning recipe 'fast'; allowed: \['lp_ft', 'adamw_head', 'llrd', "),
         (dict(checkpoint=None), r"finetune needs a checkpoint"),
+        (dict(validation_size=-1), r"validation_size must be a whole number >= 0 \(0: no check\), got -1"),
     ],
 )
 def test_finetune_rejects_bad_options_before_any_training(tmp_path, monkeypatch, options, message):
@@ -323,6 +324,9 @@ def test_finetune_subset_of_a_class_sorted_folder_is_stratified_and_warning_free
                                       train_size=6, test_size=2, batch_size=2, out=str(tmp_path / "run"),
                                       log=lambda *a: None)
     assert result["train_class_counts"] == [3, 3] and result["test_size"] == 2
+    # LP-FT checked itself on the whole (small) validation split, which the loader carved from train/.
+    validation = data.load_arrays(dataset, "validation", image_size=16)
+    assert result["selection"]["examples"] == len(validation) > 0
 
 
 @default_backend_only

@@ -556,7 +556,7 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
         verbose: Keras verbosity of the fine-tuning epochs.
         resize: resize images to this size in the pipeline (e.g. 32-px CIFAR to 112).
         log: a function for one progress line per stage (None: quiet).
-        validation: held-out (uint8 image, label) examples. With a recipe that has
+        validation: held-out images (ArrayData, uint8). With a recipe that has
             `keep_probe_unless_better` (LP-FT), the probe and the fine-tuned weights are
             both scored on them and the probe's are kept unless the fine-tuned ones score
             higher. None: no check, the fine-tuned weights are kept.
@@ -592,7 +592,7 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
         selection = check.choose() if check else None
         if log and selection:
             log(f"  accuracy: probe {selection['probe']:.4f}, fine-tuned {selection['fine_tuned']:.4f} "
-                f"on {selection['examples'] or 'the'} validation images; kept the {selection['kept'].replace('_', '-')} weights")
+                f"on {selection['examples']} validation images; kept the {selection['kept'].replace('_', '-')} weights")
     else:
         training.compile_model(model, recipe, total_steps=1)  # loss and accuracy for evaluate and save
     return {
@@ -618,10 +618,7 @@ class _ProbeCheck:
     def __init__(self, model, validation, num_classes, resize):
         self.model = model
         self.batches = vdata.make_pipeline(validation, 64, num_classes, rescale=1.0, resize=resize)
-        try:
-            self.examples = len(validation)
-        except TypeError:  # a stream of unknown length (a folder)
-            self.examples = None
+        self.examples = len(validation)
         self.probe_accuracy = evaluate(model, self.batches)
         self.probe_weights = model.get_weights()
 
@@ -684,7 +681,8 @@ def _finetune_validation(config, size):
     if info.num_examples > config.validation_size:
         validation, info = vdata.load(config.dataset, "validation", image_size=size, data_dir=config.data_dir,
                                       max_examples=config.validation_size, subset_seed=config.seed)
-    return validation.cache()
+    images, labels = zip(*validation.as_numpy_iterator())  # a few hundred images: held in memory
+    return vdata.ArrayData(np.stack(images), np.array(labels, dtype="int32"), tuple(info.class_names))
 
 
 def finetune(config=None, log=print, **options):

@@ -1,0 +1,222 @@
+"""Where a ViT training step's time goes on JAX: vitkeras against keras-hub, piece by piece.
+
+For one configuration (default B/16 at 224 px), both implementations' forward +
+backward pass (the gradient of a cross-entropy loss with respect to every
+trainable weight, as `fit` computes it; the optimizer update is left out, it is
+the same for both: same parameter count) is compiled with `jax.jit` and timed,
+then the same for their pieces, each with the gradient with respect to its
+weights and its input (as backpropagation through the model needs):
+
+- embedding: image -> tokens with position embeddings (vitkeras `Patches` +
+  `PatchEncoder`; keras-hub `ViTPatchingAndEmbedding`, a strided Conv2D);
+- one encoder block (vitkeras `TransformerBlock`; keras-hub `ViTEncoderBlock`);
+- inside a block: attention alone (the fused `ops.dot_product_attention`, and the
+  explicit einsum-softmax-einsum), LayerNorm, GELU exact and tanh, the MLP.
+
+It also counts the ops of each compiled full step (XLA's optimized HLO, by op
+name) and the dtypes they produce, and can write a `jax.profiler` trace.
+Pieces are timed in turns, median of `--rounds`, in milliseconds per step.
+
+    KERAS_BACKEND=jax python benchmarks/profile_train_step.py --config B/16 --batch 4 \\
+        --out benchmarks/results/profile_b16_jax_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import vitkeras  # noqa: E402
+from vitkeras.experiments import machine_description  # noqa: E402
+from vitkeras.layers import Patches  # noqa: E402
+
+CONFIGS = {"B/16": ("B/16", 224, 1000), "S/16": ("S/16", 224, 1000), "Ti/16": ("Ti/16", 224, 1000),
+           "cifar": ("Micro/4", 32, 10)}
+
+
+def gradient_step(layer, x, y=None):
+    """A jitted function of the layer's trainable weights and `x` giving (loss, gradients), and its arguments.
+
+    Loss: cross-entropy against `y` for a model, else the mean square of the output
+    (any scalar does: the backward pass costs the same). Gradients with respect to
+    the weights and, for float inputs that are not images fed to a model, the input.
+    """
+    import inspect
+
+    import jax
+
+    if not layer.built:
+        layer(x)
+    kwargs = {"training": True} if "training" in inspect.signature(layer.call).parameters else {}
+    trainable = [v.value for v in layer.trainable_variables]
+    frozen = [v.value for v in layer.non_trainable_variables]
+    wrt_input = y is None
+
+    def loss(trainable, x):
+        out, _ = layer.stateless_call(trainable, frozen, x, **kwargs)
+        out = out.astype("float32")
+        if y is None:
+            return (out * out).mean()
+        return keras.ops.mean(keras.losses.categorical_crossentropy(y, out, from_logits=True))
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1) if wrt_input else 0))
+    return step, (trainable, x)
+
+
+def time_steps(functions, rounds, repeats):
+    """{name: median ms per call}: each function compiled, then called `repeats` times per round, in turns."""
+    import jax
+
+    for fn, args in functions.values():
+        jax.block_until_ready(fn(*args))  # compile and warm up
+    samples = collections.defaultdict(list)
+    for _ in range(rounds):
+        for name, (fn, args) in functions.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            samples[name].append((time.perf_counter() - start) / repeats * 1000)
+    return {name: {"ms": round(statistics.median(v), 2), "min": round(min(v), 2), "max": round(max(v), 2)}
+            for name, v in samples.items()}
+
+
+def hlo_summary(fn, args):
+    """Counts of the compiled program's ops by name and of the dtypes they produce (XLA's optimized HLO)."""
+    text = fn.lower(*args).compile().as_text()
+    ops, dtypes = collections.Counter(), collections.Counter()
+    for line in text.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = (\w+)\[[^\]]*\][^ ]* (\w[\w-]*)\(", line)
+        if match:
+            dtypes[match.group(1)] += 1
+            ops[match.group(2)] += 1
+    return {"ops": dict(ops.most_common()), "dtypes": dict(dtypes.most_common()),
+            "converts": ops.get("convert", 0), "transposes": ops.get("transpose", 0)}
+
+
+def build_models(config_name):
+    import keras_hub
+
+    preset, size, classes = CONFIGS[config_name]
+    c = vitkeras.get_config(preset)
+    ours = vitkeras.build_vit(c, image_size=size, num_classes=classes, seed=0)
+    backbone = keras_hub.models.ViTBackbone(image_shape=(size, size, 3), patch_size=c.patch_size,
+                                            num_layers=c.num_layers, num_heads=c.num_heads, hidden_dim=c.hidden_dim,
+                                            mlp_dim=c.mlp_dim)
+    images = keras.Input((size, size, 3))
+    theirs = keras.Model(images, keras.layers.Dense(classes)(backbone(images)[:, 0]), name="keras_hub_vit")
+    return c, size, classes, ours, theirs, backbone
+
+
+class _Attention(keras.layers.Layer):
+    """Attention alone on (B, T, h, d) queries = keys = values: the block's two paths, nothing else."""
+
+    def __init__(self, explicit, **kwargs):
+        super().__init__(**kwargs)
+        self.explicit = explicit
+
+    def call(self, q):
+        if not self.explicit:
+            return keras.ops.dot_product_attention(q, q, q, flash_attention=False)  # (B, T, h, d)
+        logits = keras.ops.einsum("bqhd,bkhd->bhqk", q, q) / float(np.sqrt(q.shape[-1]))  # (B, h, T, T)
+        weights = keras.ops.softmax(keras.ops.cast(logits, "float32"), axis=-1)
+        return keras.ops.einsum("bhqk,bkhd->bqhd", keras.ops.cast(weights, q.dtype), q)  # (B, T, h, d)
+
+
+class _Gelu(keras.layers.Layer):
+    def __init__(self, approximate, **kwargs):
+        super().__init__(**kwargs)
+        self.approximate = approximate
+
+    def call(self, x):
+        return keras.ops.gelu(x, approximate=self.approximate)
+
+
+def pieces(c, size, batch, ours, backbone, rng):
+    """{name: (jitted gradient function, args)} for every piece of both implementations."""
+    import keras_hub  # noqa: F401
+
+    tokens = (size // c.patch_size) ** 2 + 1
+    images = rng.uniform(0, 1, (batch, size, size, 3)).astype("float32")
+    x = rng.normal(size=(batch, tokens, c.hidden_dim)).astype("float32")  # (B, T, D)
+    heads = rng.normal(size=(batch, tokens, c.num_heads, c.hidden_dim // c.num_heads)).astype("float32")
+    hub_embedding = next(layer for layer in backbone.layers if layer.__class__.__name__ == "ViTPatchingAndEmbedding")
+    hub_block = next(layer for layer in backbone.layers if layer.__class__.__name__ == "ViTEncoder").encoder_layers[0]
+    embed_ours = keras.Sequential([keras.Input((size, size, 3)), Patches(c.patch_size),
+                                   ours.get_layer("patch_encoder")], name="embedding")
+    block_ours = ours.get_layer("encoder_block_0")
+    mlp_ours = keras.Sequential([keras.Input((tokens, c.hidden_dim)), block_ours.mlp_hidden,
+                                 _Gelu(False), block_ours.mlp_output], name="mlp")
+    norm = keras.layers.LayerNormalization(epsilon=1e-6)
+    norm.build(x.shape)
+    hidden = rng.normal(size=(batch, tokens, c.mlp_dim)).astype("float32")
+    return {
+        "embedding vitkeras (Patches + Dense E + E_pos)": gradient_step(embed_ours, images),
+        "embedding keras-hub (Conv2D + Embedding)": gradient_step(hub_embedding, images),
+        "block vitkeras": gradient_step(block_ours, x),
+        "block keras-hub": gradient_step(hub_block, x),
+        "attention, fused ops.dot_product_attention": gradient_step(_Attention(False), heads),
+        "attention, explicit einsum-softmax-einsum": gradient_step(_Attention(True), heads),
+        "LayerNorm": gradient_step(norm, x),
+        "GELU exact (erf)": gradient_step(_Gelu(False), hidden),
+        "GELU tanh": gradient_step(_Gelu(True), hidden),
+        "MLP vitkeras (Dense, GELU exact, Dense)": gradient_step(mlp_ours, x),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="B/16")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--trace", default=None, help="write a jax.profiler trace of the full steps here")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if keras.config.backend() != "jax":
+        parser.error(f"run with KERAS_BACKEND=jax (got {keras.config.backend()})")
+    import jax
+
+    rng = np.random.default_rng(0)
+    c, size, classes, ours, theirs, backbone = build_models(args.config)
+    images = rng.uniform(0, 255, (args.batch, size, size, 3)).astype("float32")
+    labels = np.eye(classes, dtype="float32")[rng.integers(0, classes, args.batch)]
+    full = {"full step vitkeras": gradient_step(ours, images, labels),
+            "full step keras-hub": gradient_step(theirs, images, labels)}
+    report = {"config": args.config, "batch": args.batch, "device": str(jax.devices()[0]),
+              "machine": machine_description(), "keras": keras.__version__, "jax": jax.__version__,
+              "full": time_steps(full, args.rounds, args.repeats),
+              "hlo": {name: hlo_summary(*fa) for name, fa in full.items()}}
+    if args.trace:
+        with jax.profiler.trace(args.trace):
+            for fn, fargs in full.values():
+                jax.block_until_ready(fn(*fargs))
+    report["pieces"] = time_steps(pieces(c, size, args.batch, ours, backbone, rng), args.rounds, args.repeats)
+    for section in ("full", "pieces"):
+        for name, t in report[section].items():
+            print(f"{name:<50} {t['ms']:>9.2f} ms  (min {t['min']:.2f}, max {t['max']:.2f})")
+    for name, h in report["hlo"].items():
+        top = ", ".join(f"{k} {v}" for k, v in list(h["ops"].items())[:12])
+        print(f"{name}: {sum(h['ops'].values())} ops ({top}); dtypes {h['dtypes']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,9 @@ Fine-tuning a pretrained checkpoint (`FINETUNE_RECIPES`; the default,
   training images, then many cheap epochs of the head); stage 2 fine-tunes
   all weights from that head with AdamW at a small learning rate, warm-up
   and cosine. A trained head means the first fine-tuning steps do not send
-  large random gradients into the pretrained features.
+  large random gradients into the pretrained features. Given held-out images
+  (`keep_probe_unless_better`), it keeps the probe's weights unless the
+  fine-tuned ones score higher on them.
 - "adamw_head": one stage, AdamW with a small learning rate for the
   pretrained weights and `head_learning_rate_multiplier` times it for the
   new zero-initialised head.

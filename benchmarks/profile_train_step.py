@@ -48,12 +48,13 @@ CONFIGS = {"B/16": ("B/16", 224, 1000), "S/16": ("S/16", 224, 1000), "Ti/16": ("
            "cifar": ("Micro/4", 32, 10)}
 
 
-def gradient_step(layer, x, y=None):
+def gradient_step(layer, x, y=None, wrt_input=None):
     """A jitted function of the layer's trainable weights and `x` giving (loss, gradients), and its arguments.
 
     Loss: cross-entropy against `y` for a model, else the mean square of the output
     (any scalar does: the backward pass costs the same). Gradients with respect to
-    the weights and, for float inputs that are not images fed to a model, the input.
+    the weights and (unless `wrt_input` is False, or a model is given labels) the input:
+    a training step needs no gradient for the images, every block needs one for its tokens.
     """
     import inspect
 
@@ -64,7 +65,7 @@ def gradient_step(layer, x, y=None):
     kwargs = {"training": True} if "training" in inspect.signature(layer.call).parameters else {}
     trainable = [v.value for v in layer.trainable_variables]
     frozen = [v.value for v in layer.non_trainable_variables]
-    wrt_input = y is None
+    wrt_input = y is None if wrt_input is None else wrt_input
 
     def loss(trainable, x):
         out, _ = layer.stateless_call(trainable, frozen, x, **kwargs)
@@ -155,18 +156,24 @@ def pieces(c, size, batch, ours, backbone, rng):
     x = rng.normal(size=(batch, tokens, c.hidden_dim)).astype("float32")  # (B, T, D)
     heads = rng.normal(size=(batch, tokens, c.num_heads, c.hidden_dim // c.num_heads)).astype("float32")
     hub_embedding = next(layer for layer in backbone.layers if layer.__class__.__name__ == "ViTPatchingAndEmbedding")
-    hub_block = next(layer for layer in backbone.layers if layer.__class__.__name__ == "ViTEncoder").encoder_layers[0]
     embed_ours = keras.Sequential([keras.Input((size, size, 3)), Patches(c.patch_size),
                                    ours.get_layer("patch_encoder")], name="embedding")
     block_ours = ours.get_layer("encoder_block_0")
+    hub_encoder = next(layer for layer in backbone.layers if layer.__class__.__name__ == "ViTEncoder")
+    hub_block = hub_encoder.encoder_layers[0]
+    stack_ours = keras.Sequential([keras.Input((tokens, c.hidden_dim)),
+                                   *[ours.get_layer(f"encoder_block_{i}") for i in range(c.num_layers)],
+                                   ours.get_layer("encoder_norm")], name="encoder")
     mlp_ours = keras.Sequential([keras.Input((tokens, c.hidden_dim)), block_ours.mlp_hidden,
                                  _Gelu(False), block_ours.mlp_output], name="mlp")
     norm = keras.layers.LayerNormalization(epsilon=1e-6)
     norm.build(x.shape)
     hidden = rng.normal(size=(batch, tokens, c.mlp_dim)).astype("float32")
     return {
-        "embedding vitkeras (Patches + Dense E + E_pos)": gradient_step(embed_ours, images),
-        "embedding keras-hub (Conv2D + Embedding)": gradient_step(hub_embedding, images),
+        "embedding vitkeras (Patches + Dense E + E_pos)": gradient_step(embed_ours, images, wrt_input=False),
+        "embedding keras-hub (Conv2D + Embedding)": gradient_step(hub_embedding, images, wrt_input=False),
+        "encoder vitkeras (L blocks + LayerNorm)": gradient_step(stack_ours, x),
+        "encoder keras-hub (ViTEncoder)": gradient_step(hub_encoder, x),
         "block vitkeras": gradient_step(block_ours, x),
         "block keras-hub": gradient_step(hub_block, x),
         "attention, fused ops.dot_product_attention": gradient_step(_Attention(False), heads),

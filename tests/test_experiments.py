@@ -176,6 +176,7 @@ def test_finetune_learns_a_separable_folder_and_writes_its_result(tmp_path):
     assert stored["test_accuracy"] == result["test_accuracy"] >= 0.8
     assert stored["image_size"] == 16 and stored["trainable_parameters"] == stored["parameters"]
     assert len(stored["history"]["loss"]) == 4 and stored["history"]["loss"][-1] < stored["history"]["loss"][0]
+    assert stored["selection"] is None  # a one-stage recipe has no probe to fall back on
     import keras
 
     reloaded = keras.saving.load_model(tmp_path / "run" / "model.keras")

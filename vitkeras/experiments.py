@@ -89,7 +89,7 @@ PLATEAU_FACTOR = 0.3
 REUSE_COMPILED_MODELS = keras.config.backend() == "tensorflow"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # LP-FT's second stage: at 1,000 training images one epoch (31 steps of batch 32) gained -1.1 to
-# +1.3 points over the probe in three seeds, two epochs +4.6 (benchmarks/RESULTS.md).
+# +1.3 points over the probe in three seeds, two epochs +3.8 to +4.6 (benchmarks/RESULTS.md).
 DEFAULT_FINETUNE_EPOCHS = 2
 
 
@@ -677,15 +677,24 @@ def _finetune_data(config, size):
     return train, train_info, test, test_info
 
 
-def _finetune_validation(config, size):
-    """The validation images LP-FT checks itself on: a stratified seeded sample, or None (validation_size 0)."""
-    if not config.validation_size or config.linear_probe:
+def _finetune_validation(config, recipe, size):
+    """The validation images LP-FT checks itself on: a stratified seeded sample of the validation split.
+
+    None when nothing would use them (validation_size 0, a linear probe, a recipe without the
+    check) or the split is empty; then the fine-tuned weights are kept unchecked.
+    """
+    if not config.validation_size or config.linear_probe or not recipe.keep_probe_unless_better:
         return None
     validation, info = vdata.load(config.dataset, "validation", image_size=size, data_dir=config.data_dir)
+    if info.num_examples == 0:
+        return None
     if info.num_examples > config.validation_size:
         validation, info = vdata.load(config.dataset, "validation", image_size=size, data_dir=config.data_dir,
                                       max_examples=config.validation_size, subset_seed=config.seed)
-    images, labels = zip(*validation.as_numpy_iterator())  # a few hundred images: held in memory
+    examples = list(validation.as_numpy_iterator())  # a few hundred images: held in memory
+    if not examples:  # every file was undecodable and skipped
+        return None
+    images, labels = zip(*examples)
     return vdata.ArrayData(np.stack(images), np.array(labels, dtype="int32"), tuple(info.class_names))
 
 
@@ -716,7 +725,7 @@ def finetune(config=None, log=print, **options):
     with _Precision(config.precision) as policy:
         directory, info, size = _finetune_resolution(config)
         train, train_info, test, test_info = _finetune_data(config, size)
-        validation = _finetune_validation(config, size)
+        validation = _finetune_validation(config, recipe, size)
         model = pretrained.load_pretrained(directory, image_size=size, num_classes=train_info.num_classes,
                                            linear_probe=config.linear_probe, seed=config.seed)
         log(f"fine-tuning {info.model_type} from {config.checkpoint} ({model.count_params():,} parameters) on "

@@ -149,8 +149,6 @@ class _Gelu(keras.layers.Layer):
 
 def pieces(c, size, batch, ours, backbone, rng):
     """{name: (jitted gradient function, args)} for every piece of both implementations."""
-    import keras_hub  # noqa: F401
-
     tokens = (size // c.patch_size) ** 2 + 1
     images = rng.uniform(0, 1, (batch, size, size, 3)).astype("float32")
     x = rng.normal(size=(batch, tokens, c.hidden_dim)).astype("float32")  # (B, T, D)

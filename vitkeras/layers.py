@@ -532,6 +532,11 @@ class PatchEncoder(keras.layers.Layer):
 # --------------------------------------------------------------------------- #
 # TransformerBlock: (B, T, D) -> (B, T, D), equations (2) and (3)
 # --------------------------------------------------------------------------- #
+def _device_kind():
+    """"cpu", "gpu", "cuda", "tpu", ...: the kind of Keras's first device (its name before the colon)."""
+    return keras.distribution.list_devices()[0].split(":")[0].lower()
+
+
 def _fused_attention_available(dtype):
     """Whether `ops.dot_product_attention` can run for this dtype here.
 
@@ -540,7 +545,7 @@ def _fused_attention_available(dtype):
     """
     if keras.config.backend() != "jax" or dtype != "float16":
         return True
-    return not keras.distribution.list_devices()[0].lower().startswith("cpu")
+    return _device_kind() != "cpu"
 
 
 # cuDNN's fused attention kernel on JAX: half precision only, and token counts it accepts.
@@ -565,8 +570,7 @@ def _flash_attention_choice(dtype, num_tokens):
     """
     if keras.config.backend() != "jax":
         return None
-    on_gpu = keras.distribution.list_devices()[0].lower().startswith(("gpu", "cuda"))
-    return bool(on_gpu and dtype in FUSED_ATTENTION_DTYPES and num_tokens is not None
+    return bool(_device_kind() in ("gpu", "cuda") and dtype in FUSED_ATTENTION_DTYPES and num_tokens is not None
                 and num_tokens % FUSED_ATTENTION_TOKEN_MULTIPLE == 0)
 
 

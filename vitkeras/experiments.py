@@ -83,10 +83,6 @@ DEFAULT_MAX_STEPS = 20_000
 # ... and its learning rate drops by this factor after half as many evaluations without a new best
 # (`keras.callbacks.ReduceLROnPlateau`): a constant rate leaves the weights bouncing around the best.
 PLATEAU_FACTOR = 0.3
-# data_efficiency reuses one compiled model per kind only on TensorFlow, where tracing a training
-# step costs ~8 s: on JAX (~4 s) a reused model did not train exactly like a fresh one in
-# tests/test_experiments.py (cause not found), so every run there builds and compiles its own.
-REUSE_COMPILED_MODELS = keras.config.backend() == "tensorflow"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # LP-FT's second stage: at 1,000 training images one epoch (31 steps of batch 32) gained -1.1 to
 # +1.3 points over the probe in three seeds, two epochs +3.8 to +4.6 (benchmarks/RESULTS.md).
@@ -453,6 +449,11 @@ def train_to_convergence(model, train_data, validation_data, recipe="scratch", b
                                              patch_order=patch_order)
     if getattr(model, "optimizer", None) is None:
         training.compile_model(model, recipe, total_steps=max_steps)
+        # On JAX and PyTorch, a model's first `fit` reads one training batch to build its loss and
+        # metrics, then restarts the stream; the seeded reshuffle and the augmentation layers' seed
+        # generators have moved on by then, so a fresh model would see other batches than a reused
+        # one. Building them on the validation batches first gives both the same training stream.
+        evaluate(model, validation_batches)
     else:
         reset_optimizer(model, recipe.learning_rate)
     stopper = keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=patience, restore_best_weights=True)
@@ -895,9 +896,9 @@ def _efficiency_point(config, kind, subset, validation, test, width, seed, log, 
     """Trains one (model, subset, seed) point and returns its result row (without bookkeeping fields).
 
     `compiled` maps a model kind to the model its previous run compiled: TensorFlow takes about
-    8 s on 2 cores to trace a ViT's training step, longer than a small run trains, so every run
-    of a kind reuses that model with the new run's freshly initialised weights
-    (`REUSE_COMPILED_MODELS`: TensorFlow only).
+    8 s on 2 cores to trace a ViT's training step (JAX about 4 s), longer than a small run trains,
+    so every run of a kind reuses that model with the new run's freshly initialised weights; it
+    trains exactly as a freshly built model would (see `train_to_convergence`).
     """
     if kind == "pretrained":
         keras.backend.clear_session()
@@ -907,8 +908,7 @@ def _efficiency_point(config, kind, subset, validation, test, width, seed, log, 
     if kind in compiled:  # reuse the compiled training step: tracing it again costs seconds per run
         compiled[kind].set_weights(model.get_weights())
         model = compiled[kind]
-    if REUSE_COMPILED_MODELS:
-        compiled[kind] = model
+    compiled[kind] = model
     order = _patch_order(config, int(subset.images.shape[1]))
     run = train_to_convergence(
         model, subset, validation, config.recipe, batch_size=config.batch_size, seed=seed, patience=config.patience,

@@ -255,8 +255,24 @@ def test_strong_augmentation_uses_randaugment_and_rejects_unknown():
     names = [layer.__class__.__name__ for layer in data.make_augmentation("strong")]
     assert names == ["RandomFlip", "RandomTranslation", "RandAugment"]
     assert data.make_augmentation("none") == []
-    with pytest.raises(ValueError, match=r"augmentation must be one of \['none', 'basic', 'strong'\], got 'max'"):
+    with pytest.raises(ValueError, match=r"augmentation must be one of \['none', 'translate', 'basic', 'strong'\], "
+                       r"got 'max'"):
         data.make_augmentation("max")
+
+
+def test_translate_augmentation_never_mirrors_and_basic_does():
+    """shapes-translation trains on the left third: "translate" must keep what is left on the left."""
+    images = np.zeros((64, 16, 16, 3), np.uint8)
+    images[:, :, :6] = 255  # (B, H, W, C): bright left, dark right
+    half_left = data.ArrayData(images, np.zeros(64, np.int32), ("bright left",))
+
+    def left_brighter(augmentation):
+        batch, _ = next(iter(data.make_pipeline(half_left, 64, training=True, augmentation=augmentation, seed=0)))
+        batch = np.asarray(batch)
+        return batch[:, :, :4].mean(axis=(1, 2, 3)) > batch[:, :, -4:].mean(axis=(1, 2, 3))  # (B,)
+
+    assert left_brighter("translate").all()
+    assert not left_brighter("basic").all()  # about half the images flipped
 
 
 def test_stratified_sample_holds_every_class_in_proportion_and_repeats_with_its_seed():

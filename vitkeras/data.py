@@ -627,7 +627,7 @@ def permute_patches(images, patch_size, order):
 # --------------------------------------------------------------------------- #
 # Augmentation and the input pipeline
 # --------------------------------------------------------------------------- #
-AUGMENTATIONS = ("none", "basic", "strong")
+AUGMENTATIONS = ("none", "translate", "basic", "strong")
 
 
 def make_augmentation(kind="basic", seed=0):
@@ -636,9 +636,11 @@ def make_augmentation(kind="basic", seed=0):
     A list rather than a `keras.Sequential`: each preprocessing layer runs on
     TensorFlow inside tf.data whatever the Keras backend, a Sequential does not.
 
-    "basic": horizontal flip and random translation by up to 1/8 of the size
-    (about CIFAR's pad-4-and-crop). "strong": basic plus RandAugment (2 ops,
-    magnitude 0.5).
+    "translate": random translation by up to 1/8 of the size (about CIFAR's
+    pad-4-and-crop), for experiments about position, where a flip would move
+    what a model sees to the mirrored side (`shapes-translation`). "basic":
+    horizontal flip, then that translation. "strong": basic plus RandAugment
+    (2 ops, magnitude 0.5).
 
     Example:
     >>> [layer.__class__.__name__ for layer in make_augmentation("basic")]
@@ -650,10 +652,10 @@ def make_augmentation(kind="basic", seed=0):
         raise ValueError(f"augmentation must be one of {list(AUGMENTATIONS)}, got {kind!r}.")
     if kind == "none":
         return []
-    layers = [
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed + 1),
-    ]
+    translation = keras.layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed + 1)
+    if kind == "translate":
+        return [translation]
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed), translation]
     if kind == "strong":
         layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 2))
     return layers
@@ -682,7 +684,7 @@ def make_pipeline(
         batch_size: examples per batch.
         num_classes: K for the one-hot labels (taken from ArrayData if None).
         training: shuffle (seeded) and augment.
-        augmentation: "none", "basic" or "strong" (see `make_augmentation`); training only.
+        augmentation: "none", "translate", "basic" or "strong" (see `make_augmentation`); training only.
         rescale: multiply pixels by this (1/255 maps to [0, 1]; 1.0 keeps 0-255).
         mean, std: per-channel constants subtracted / divided after rescaling (None: none).
         mixup, cutmix: probability-free mixing strengths (0 = off): Keras MixUp(alpha) /

@@ -129,6 +129,14 @@ def test_flat_folder_splits_are_disjoint_and_cover_every_image(tmp_path):
     assert again == sizes["test"]
 
 
+def test_folder_with_split_folders_but_no_test_is_refused_not_read_as_classes(tmp_path):
+    for split in ("train", "val"):
+        _write_images(tmp_path / split / "cats", 1, (200, 30, 30))
+        _write_images(tmp_path / split / "dogs", 1, (30, 30, 200))
+    with pytest.raises(ValueError, match=r"has split folders \['train', 'val'\] but not both train/ and test/"):
+        data.load(f"folder:{tmp_path}", "train")
+
+
 def test_presplit_folder_uses_train_and_test_and_carves_validation(tmp_path):
     for split, count in (("train", 40), ("test", 6)):
         _write_images(tmp_path / split / "x", count, (10, 10, 10), fmt="PNG")

@@ -313,6 +313,12 @@ def _scan_folder(root, split, split_seed):
         )
     split_dirs = {p.name: p for p in root.iterdir() if p.is_dir() and p.name in ("train", "val", "validation", "test")}
     presplit = "train" in split_dirs and "test" in split_dirs
+    if split_dirs and not presplit:  # e.g. train/ + val/: split names would be read as class names
+        raise ValueError(
+            f"Image folder {str(root)!r} has split folders {sorted(split_dirs)} but not both train/ and test/. "
+            f"Allowed: train/ and test/ (and optionally val/ or validation/), each with one subfolder per class, "
+            f"or one subfolder per class directly under the folder."
+        )
     val_dir = split_dirs.get("validation") or split_dirs.get("val")
     carve = None  # for train/ + test/ without a validation folder: 10% of train, by seeded hash
     if presplit:

@@ -1,5 +1,6 @@
 """Tests of vitkeras.experiments and the command line: results, resume, atomic writes, errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -161,6 +162,29 @@ def _colour_folder(root, per_class=24):
             pixels = np.clip(rng.normal(colour, 30, (20, 20, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return f"folder:{root}"
+
+
+def test_finetune_validation_is_a_stratified_sample_and_an_unreadable_split_a_clear_error(tmp_path):
+    from vitkeras import training
+
+    good = _colour_folder(tmp_path / "good" / "validation", per_class=10)[len("folder:"):]
+    _colour_folder(tmp_path / "good" / "train", per_class=2)
+    _colour_folder(tmp_path / "good" / "test", per_class=2)
+    lp_ft = training.get_recipe("lp_ft")
+    config = experiments.FinetuneConfig(checkpoint="unused", dataset=f"folder:{tmp_path / 'good'}", validation_size=6)
+    sample = experiments._finetune_validation(config, lp_ft, 16)
+    assert good.endswith("validation") and sample.images.shape == (6, 16, 16, 3)
+    assert np.bincount(sample.labels).tolist() == [3, 3]
+    assert experiments._finetune_validation(config, training.get_recipe("adamw_head"), 16) is None  # no check
+    for name in ("cats", "dogs"):  # a validation split whose every file is undecodable
+        (tmp_path / "broken" / "validation" / name).mkdir(parents=True)
+        (tmp_path / "broken" / "validation" / name / "0.png").write_bytes(b"not an image")
+    _colour_folder(tmp_path / "broken" / "train", per_class=2)
+    _colour_folder(tmp_path / "broken" / "test", per_class=2)
+    broken = experiments.FinetuneConfig(checkpoint="unused", dataset=f"folder:{tmp_path / 'broken'}")
+    with pytest.raises(ValueError, match=r"No decodable images for split 'validation'.*--validation-size 0"):
+        experiments._finetune_validation(broken, lp_ft, 16)
+    assert experiments._finetune_validation(dataclasses.replace(broken, validation_size=0), lp_ft, 16) is None
 
 
 def test_finetune_learns_a_separable_folder_and_writes_its_result(tmp_path):

@@ -682,20 +682,19 @@ def _finetune_validation(config, recipe, size):
     """The validation images LP-FT checks itself on: a stratified seeded sample of the validation split.
 
     None when nothing would use them (validation_size 0, a linear probe, a recipe without the
-    check) or the split is empty; then the fine-tuned weights are kept unchecked.
+    check). A validation split with no readable image is an error, before any training.
     """
     if not config.validation_size or config.linear_probe or not recipe.keep_probe_unless_better:
         return None
-    validation, info = vdata.load(config.dataset, "validation", image_size=size, data_dir=config.data_dir)
-    if info.num_examples == 0:
-        return None
+    try:
+        validation, info = vdata.load(config.dataset, "validation", image_size=size, data_dir=config.data_dir)
+    except ValueError as error:
+        raise ValueError(f"{error} LP-FT checks the fine-tuned weights on validation images; give the dataset "
+                         f"some, or fine-tune without the check (validation_size=0, CLI --validation-size 0).") from error
     if info.num_examples > config.validation_size:
         validation, info = vdata.load(config.dataset, "validation", image_size=size, data_dir=config.data_dir,
                                       max_examples=config.validation_size, subset_seed=config.seed)
-    examples = list(validation.as_numpy_iterator())  # a few hundred images: held in memory
-    if not examples:  # every file was undecodable and skipped
-        return None
-    images, labels = zip(*examples)
+    images, labels = zip(*validation.as_numpy_iterator())  # a few hundred images: held in memory
     return vdata.ArrayData(np.stack(images), np.array(labels, dtype="int32"), tuple(info.class_names))
 
 

@@ -15,8 +15,9 @@ Names accepted by `load` and `load_arrays`:
 - "folder:PATH": a folder with one subfolder per class. If PATH has `train/`
   and `test/` subfolders (like CIFAR-10 exported as image files), those
   are the splits (without a `val/` or `validation/` folder, a seeded 10% of
-  train is the validation split); otherwise files are split 80/10/10 by a
-  seeded hash of their path. Files that are not decodable images are skipped and counted in a warning.
+  train is the validation split); a folder with class subfolders only is
+  split 80/10/10 by a seeded hash of each file's path (other split-folder
+  layouts, such as train/ + val/ alone, are refused). Files that are not decodable images are skipped and counted in a warning.
 
 Images come out as uint8 (H, W, C) and integer labels; `make_pipeline` batches,
 augments (Keras preprocessing layers), rescales, normalizes and prefetches.

@@ -182,7 +182,8 @@ def test_finetune_validation_is_a_stratified_sample_and_an_unreadable_split_a_cl
     _colour_folder(tmp_path / "broken" / "train", per_class=2)
     _colour_folder(tmp_path / "broken" / "test", per_class=2)
     broken = experiments.FinetuneConfig(checkpoint="unused", dataset=f"folder:{tmp_path / 'broken'}")
-    with pytest.raises(ValueError, match=r"No decodable images for split 'validation'.*--validation-size 0"):
+    with pytest.warns(UserWarning, match=r"Skipped 2 file\(s\)"), \
+            pytest.raises(ValueError, match=r"No decodable images for split 'validation'.*--validation-size 0"):
         experiments._finetune_validation(broken, lp_ft, 16)
     assert experiments._finetune_validation(dataclasses.replace(broken, validation_size=0), lp_ft, 16) is None
 

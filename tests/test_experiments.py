@@ -85,6 +85,26 @@ def test_rerun_with_more_sizes_adds_them_and_other_settings_refuse_to_mix(tmp_pa
         experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4,), "recipe": strong})
 
 
+@default_backend_only
+def test_the_cnn_trains_at_its_own_learning_rate_and_the_vit_at_the_recipes(tmp_path, monkeypatch):
+    real = experiments.train_to_convergence
+    rates = {}
+
+    def record(model, train, validation, recipe, **kwargs):
+        rates[kwargs["label"].split()[0]] = experiments.scratch_recipe(recipe).learning_rate
+        return real(model, train, validation, recipe, **kwargs)
+
+    monkeypatch.setattr(experiments, "train_to_convergence", record)
+    summary = experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4,), "cnn_learning_rate": 2e-3})
+    assert rates == {"vit": 1e-3, "cnn": 2e-3}
+    assert summary["settings"]["cnn_learning_rate"] == 2e-3
+    # The CNN's rate decides its results: another rate is another setting.
+    with pytest.raises(ValueError, match=r"holds results of other settings"):
+        experiments.data_efficiency(out=tmp_path, **{**TINY, "sizes": (4,), "cnn_learning_rate": 3e-3})
+    with pytest.raises(ValueError, match=r"cnn_learning_rate must be a number between 0 and 1, got 0"):
+        experiments.data_efficiency(out=tmp_path, **{**TINY, "cnn_learning_rate": 0})
+
+
 def test_sizes_larger_than_the_pool_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"sizes go up to 99999 per class, but 'shapes' has only 100 per class, "
                                          r"3 of them for validation; allowed sizes: 1 to 97"):

@@ -178,7 +178,8 @@ def make_parser():
     efficiency = commands.add_parser(
         "data-efficiency",
         help="ViT vs CNN test accuracy as the training set grows (the course's main experiment)",
-        description="Trains a ViT and a CNN of similar size with the same recipe on growing, stratified "
+        description="Trains a ViT and a CNN of similar size with the same recipe (the CNN at its own learning "
+        "rate) on growing, stratified "
         "training subsets, each until its accuracy on a held-out validation split stops improving (best "
         "weights restored), and tests all on one test set; with --models ... pretrained --checkpoint DIR it "
         "also fine-tunes a pretrained ViT on the same subsets. Prints progress (run, step, time left) and "

@@ -71,8 +71,8 @@ DEFAULT_EFFICIENCY_RECIPE = "scratch"
 DEFAULT_EFFICIENCY_BATCH = 256
 # The CNN's own learning rate (the ViT keeps the recipe's 1e-3): each model at the rate that suits
 # it, as the paper sweeps it per model. At 1e-3 the CNN sat on plateaus for 2,200 to 2,800 steps
-# and tested 0.775 to 0.895 at 600 images; at 3e-3 it converges in about half the steps
-# (benchmarks/RESULTS.md, "Act 2 at convergence").
+# and tested 0.775 to 0.895 at 600 images; at 3e-3 it tested 0.980 to 0.995 there, in 21% fewer
+# steps over the default run's three seeds (benchmarks/RESULTS.md, "The CNN's own learning rate").
 DEFAULT_CNN_LEARNING_RATE = 3e-3
 # The shuffled-patches experiment: a small and a large training set (examples per class).
 DEFAULT_SHUFFLED_SIZES = (25, 250)
@@ -942,7 +942,7 @@ def _time_left(results, pending):
 
     A point is estimated as the mean of the finished points of its model and size, else of its
     model: trained to convergence, a run takes a similar number of steps whatever its size
-    (1,650 to 2,550 steps from 600 to 6,000 images in the default run). A rough guide.
+    (1,450 to 3,750 steps from 600 to 6,000 images in the default run's three seeds). A rough guide.
     """
     total = 0.0
     for kind, size in pending:

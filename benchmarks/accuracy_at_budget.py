@@ -2,25 +2,33 @@
 
 Compares, on the same data and the same budget:
 
-- "vitkeras": `build_vit` (Micro/4 at 32x32 input) with the vitkeras
+- "vitkeras": `build_vit` (Micro/4 at 32x32 input unless `--preset`; other
+  ViTConfig fields with `--vit-option`, e.g. pooling=gap) with the vitkeras
   from-scratch recipe (AdamW with decay exclusions, warm-up + cosine, label
-  smoothing, clipping, flip + translate augmentation);
+  smoothing, clipping, flip + translate augmentation; `--learning-rate`,
+  `--batch-size` and `--augmentation` change it for vitkeras and the CNN);
 - "keras_example": the keras.io example's model (resize to 72, patch 6,
   Flatten + 2048/1024 head) with its recipe (AdamW 1e-3, weight decay 1e-4,
   constant learning rate, in-model augmentation);
 - "cnn": the vitkeras ResNet-style baseline with the vitkeras recipe.
 
-Each run measures its step time on a few warm-up steps (not counted), sizes
-its learning-rate schedule to the number of steps that fit the budget, trains
-until the budget is spent, then evaluates on the test split.
+Each run lays its recipe's learning-rate schedule (warm-up, cosine) over the
+wall-clock budget rather than over a number of steps, trains until the budget
+is spent (compilation counted), then evaluates on the test split and on the
+validation split (for choosing settings without the test split). With `--curve-minutes`, it also measures test accuracy every so
+many minutes of training (evaluation time not counted) and draws accuracy
+against minutes next to the JSON file (`.png`).
 
 Usage (the CIFAR-10 copy in ../shared/datasets, unpacked to /tmp/data):
 
     python benchmarks/accuracy_at_budget.py --data-dir /tmp/data/cifar10 --minutes 8 --out benchmarks/results/accuracy_at_budget.json
+
+Results are written after every model, so an interrupted run keeps the finished ones.
 """
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,15 +41,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vitkeras  # noqa: E402
 from vitkeras import data, experiments, training  # noqa: E402
 from vitkeras.keras_example import build_keras_example_vit  # noqa: E402
-from vitkeras.training import TimeBudget  # noqa: E402
+
+from throughput import matmul_peak  # noqa: E402  (benchmarks/throughput.py, beside this file)
 
 
-def _build(name, train_arrays, num_classes, seed):
+def _build(name, train_arrays, num_classes, seed, preset="Micro/4", vit_options=None):
     keras.utils.set_random_seed(seed)
     if name == "vitkeras":
-        return vitkeras.build_vit("Micro/4", image_size=32, num_classes=num_classes, seed=seed), "scratch", True
+        model = vitkeras.build_vit(preset, image_size=32, num_classes=num_classes, seed=seed, **(vit_options or {}))
+        return model, "scratch", True
     if name == "cnn":
-        target = vitkeras.build_vit("Micro/4", image_size=32, num_classes=num_classes).count_params()
+        target = vitkeras.build_vit(preset, image_size=32, num_classes=num_classes).count_params()
         width = experiments.matched_cnn_width(target, 32, num_classes)
         return vitkeras.build_cnn(32, num_classes, width=width, seed=seed), "scratch", True
     normalization = keras.layers.Normalization()
@@ -49,47 +59,151 @@ def _build(name, train_arrays, num_classes, seed):
     return build_keras_example_vit(32, num_classes, normalization=normalization), "keras_example", False
 
 
-def run(name, train_arrays, test_arrays, seconds, seed=0, log=print):
+def wall_clock_learning_rate(recipe, fraction):
+    """The recipe's learning rate after `fraction` of the time budget: its warm-up and cosine laid out
+    over wall-clock time instead of steps (constant schedules stay constant).
+
+    Example:
+    >>> recipe = training.get_recipe("scratch")
+    >>> [round(wall_clock_learning_rate(recipe, f) / recipe.learning_rate, 3) for f in (0.025, 0.05, 1.0)]
+    [0.5, 1.0, 0.0]
+    """
+    if recipe.schedule == "constant":
+        return recipe.learning_rate
+    warmup = recipe.warmup_fraction
+    if fraction < warmup:
+        return recipe.learning_rate * fraction / warmup
+    progress = min((fraction - warmup) / (1.0 - warmup), 1.0)
+    return recipe.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WallClockBudget(keras.callbacks.Callback):
+    """Trains for `seconds` of training time with the recipe's schedule over that time; every `every`
+    seconds it measures test accuracy (the evaluation's time is not counted as training).
+
+    A schedule sized in steps from a calibration ends too early or too late when a shared machine
+    changes speed (a 30-step calibration here was 23% off); a schedule in time always ends with the
+    budget. `curve` holds (minutes of training, steps, test accuracy) points.
+    """
+
+    def __init__(self, seconds, recipe, test_batches, every=None):
+        super().__init__()
+        self.seconds, self.recipe, self.test_batches, self.every = seconds, recipe, test_batches, every
+        self.curve = []
+
+    def on_train_begin(self, logs=None):
+        self.trained, self.steps, self.next_point = 0.0, 0, self.every or float("inf")
+        self.last = time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate = wall_clock_learning_rate(self.recipe, self.trained / self.seconds)
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.trained += now - self.last
+        self.steps += 1
+        done = self.trained >= self.seconds
+        if self.trained >= self.next_point and not done:
+            self.point()
+            self.next_point += self.every
+        if done:
+            self.model.stop_training = True
+        self.last = time.perf_counter()
+
+    def point(self):
+        accuracy = float(self.model.evaluate(self.test_batches, verbose=0, return_dict=True)["accuracy"])
+        self.curve.append((round(self.trained / 60, 2), self.steps, round(accuracy, 4)))
+        print(f"  {self.trained / 60:5.1f} min, step {self.steps}: test accuracy {accuracy:.4f}", flush=True)
+
+
+def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Micro/4", vit_options=None,
+        learning_rate=None, batch_size=None, augmentation=None, curve_minutes=None, validation_arrays=None):
+    """Trains one model for `seconds` of training time (its schedule laid out over them) and returns its record.
+
+    With `validation_arrays`, the record also holds the final validation accuracy (for choosing
+    settings without looking at the test split).
+    """
     keras.backend.clear_session()
-    model, recipe_name, pipeline_augments = _build(name, train_arrays, train_arrays.num_classes, seed)
+    model, recipe_name, pipeline_augments = _build(
+        name, train_arrays, train_arrays.num_classes, seed, preset=preset, vit_options=vit_options
+    )
     recipe = training.get_recipe(recipe_name)
+    changes = dict(learning_rate=learning_rate, batch_size=batch_size, augmentation=augmentation)
+    recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None and name != "keras_example"})
     batches = data.make_pipeline(
         train_arrays, recipe.batch_size, training=True,
         augmentation=recipe.augmentation if pipeline_augments else "none", seed=seed, repeat=True,
     )
     test_batches = data.make_pipeline(test_arrays, 500)
     steps_per_epoch = len(train_arrays) // recipe.batch_size
-    # Calibrate the step time on a throw-away copy of the optimizer state (compile + 10 steps).
-    training.compile_model(model, recipe, total_steps=1000)
-    model.fit(batches, epochs=1, steps_per_epoch=3, verbose=0)
-    start = time.perf_counter()
-    model.fit(batches, epochs=1, steps_per_epoch=10, verbose=0)
-    step_time = (time.perf_counter() - start) / 10
-    total_steps = max(int(seconds / step_time), 10)
-    # Fresh weights and optimizer, schedule sized to the budget.
-    model, _, _ = _build(name, train_arrays, train_arrays.num_classes, seed)
-    training.compile_model(model, recipe, total_steps=total_steps)
-    budget = TimeBudget(seconds)
-    epochs = -(-total_steps // steps_per_epoch) + 1
-    start = time.perf_counter()
-    model.fit(batches, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[budget], verbose=0)
-    trained = time.perf_counter() - start
+    # The optimizer gets a plain learning rate; WallClockBudget sets it before every batch.
+    training.compile_model(model, recipe.replace(schedule="constant"), total_steps=1)
+    budget = WallClockBudget(seconds, recipe, test_batches, curve_minutes and curve_minutes * 60)
+    model.fit(batches, epochs=1_000_000, steps_per_epoch=steps_per_epoch, callbacks=[budget], verbose=0)
     accuracy = float(model.evaluate(test_batches, verbose=0, return_dict=True)["accuracy"])
+    budget.curve.append((round(budget.trained / 60, 2), budget.steps, round(accuracy, 4)))
+    validation = None
+    if validation_arrays is not None:
+        validation_batches = data.make_pipeline(validation_arrays, 500)
+        validation = float(model.evaluate(validation_batches, verbose=0, return_dict=True)["accuracy"])
     record = {
         "model": name,
         "recipe": recipe.name,
+        "preset": preset if name != "keras_example" else None,
+        "vit_options": (vit_options or {}) if name == "vitkeras" else None,
+        "learning_rate": recipe.learning_rate,
+        "schedule": f"{recipe.schedule} over the time budget",
+        "batch_size": recipe.batch_size,
+        "augmentation": recipe.augmentation,
         "parameters": model.count_params(),
         "budget_seconds": seconds,
-        "trained_seconds": round(trained, 1),
+        "trained_seconds": round(budget.trained, 1),
         "steps": budget.steps,
-        "planned_steps": total_steps,
         "epochs": round(budget.steps * recipe.batch_size / len(train_arrays), 2),
-        "images_per_second": round(budget.steps * recipe.batch_size / trained, 1),
+        "images_per_second": round(budget.steps * recipe.batch_size / budget.trained, 1),
         "test_accuracy": accuracy,
+        "validation_accuracy": validation,
+        "curve": [dict(minutes=m, steps=k, test_accuracy=a) for m, k, a in budget.curve],
         "seed": seed,
     }
     log(json.dumps(record))
     return record
+
+
+def _option(text):
+    key, _, value = text.partition("=")
+    if not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a ViTConfig field), got {text!r}")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def plot_curves(result, path):
+    """Test accuracy against minutes of training, one line per model (the budget's schedule each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for record in result["results"]:
+        minutes = [point["minutes"] for point in record["curve"]]
+        accuracy = [point["test_accuracy"] for point in record["curve"]]
+        axis.plot(minutes, accuracy, marker="o", markersize=3,
+                  label=f"{record['model']} ({record['parameters']:,} params)")
+    machine = result["machine"]
+    axis.set(xlabel="minutes of training", ylabel="CIFAR-10 test accuracy",
+             title=f"{machine['processor']}, {machine['cpu_count']} cores ({result.get('matmul_gflops_float32')} "
+                   f"GFLOP/s float32 matmul), {machine['backend']}")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def main(argv=None):
@@ -99,20 +213,42 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["vitkeras", "keras_example", "cnn"],
                         choices=["vitkeras", "keras_example", "cnn"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="Micro/4", help="ViT preset of vitkeras (and of the CNN's parameter match)")
+    parser.add_argument("--vit-option", nargs="+", type=_option, default=[], metavar="KEY=VALUE",
+                        help="ViTConfig fields of the vitkeras model, e.g. pooling=gap position_embedding=sincos2d")
+    parser.add_argument("--learning-rate", type=float, help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: the recipe's)")
+    parser.add_argument("--augmentation", choices=data.AUGMENTATIONS, help="augmentation (default: the recipe's)")
+    parser.add_argument("--precision", default="float32", choices=experiments.PRECISIONS,
+                        help="Keras dtype policy of every model (auto: float32 on CPU)")
+    parser.add_argument("--curve-minutes", type=float, help="measure test accuracy every this many minutes of "
+                        "training (not counted in the budget)")
     parser.add_argument("--out", default="benchmarks/results/accuracy_at_budget.json")
     args = parser.parse_args(argv)
     train_arrays = data.load_arrays(f"folder:{args.data_dir}", "train")
     test_arrays = data.load_arrays(f"folder:{args.data_dir}", "test")
+    validation_arrays = data.load_arrays(f"folder:{args.data_dir}", "validation")
     print(f"train {len(train_arrays)} images, test {len(test_arrays)}; budget {args.minutes} min per model")
-    records = [run(name, train_arrays, test_arrays, args.minutes * 60, args.seed) for name in args.models]
+    options = dict(preset=args.preset, vit_options=dict(args.vit_option), learning_rate=args.learning_rate,
+                   batch_size=args.batch_size, augmentation=args.augmentation, curve_minutes=args.curve_minutes)
     result = {
         "command": "python " + " ".join(sys.argv),
         "data": args.data_dir,
         "machine": experiments.machine_description(),
+        # Machines of the same name differ by 2x and more: the matmul speed says how fast this one was.
+        "matmul_gflops_float32": round(matmul_peak() / 1e9, 1),
         "date": time.strftime("%Y-%m-%d"),
-        "results": records,
+        "results": [],
     }
-    training.write_json_atomic(args.out, result)
+    records = result["results"]
+    for name in args.models:
+        policy = training.choose_precision() if args.precision == "auto" else args.precision
+        keras.config.set_dtype_policy(policy)
+        records.append(run(name, train_arrays, test_arrays, args.minutes * 60, args.seed,
+                           validation_arrays=validation_arrays, **options))
+        records[-1]["precision"] = policy
+        training.write_json_atomic(args.out, result)  # after every model: an interrupted run keeps the finished ones
+    plot_curves(result, Path(args.out).with_suffix(".png"))
     print(f"{'model':<14} {'params':>10} {'steps':>6} {'epochs':>6} {'img/s':>7} {'test acc':>8}")
     for r in records:
         print(f"{r['model']:<14} {r['parameters']:>10,} {r['steps']:>6} {r['epochs']:>6} {r['images_per_second']:>7} {r['test_accuracy']:>8.4f}")

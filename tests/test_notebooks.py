@@ -38,6 +38,17 @@ def test_notebook_is_stored_clean_with_badge_install_and_parameters(path):
     assert "What we measured" in "".join(c.source for c in notebook.cells if c.cell_type == "markdown")
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_what_we_measured_is_a_table_of_numbers_not_a_placeholder(path):
+    notebook = nbformat.read(path, as_version=4)
+    markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
+    placeholders = re.findall(r"\{[A-Z_]+\}", markdown)
+    assert not placeholders, f"unfilled placeholder(s) {placeholders} in {path.name}"
+    section = markdown.split("## What we measured", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|") and re.search(r"\d", line)]
+    assert rows, f"{path.name}: 'What we measured' has no table row with a measured number"
+
+
 def test_readme_course_table_lists_every_notebook():
     readme = (ROOT / "README.md").read_text()
     for path in NOTEBOOKS:

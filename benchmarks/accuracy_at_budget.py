@@ -59,22 +59,23 @@ def _build(name, train_arrays, num_classes, seed, preset="Micro/4", vit_options=
     return build_keras_example_vit(32, num_classes, normalization=normalization), "keras_example", False
 
 
-def wall_clock_learning_rate(recipe, fraction):
-    """The recipe's learning rate after `fraction` of the time budget: its warm-up and cosine laid out
-    over wall-clock time instead of steps (constant schedules stay constant).
+# The time budget is cut into this many ticks; the recipe's schedule (training.learning_rate_schedule)
+# over that many "steps" gives the learning rate after a fraction of the budget.
+SCHEDULE_TICKS = 10_000
+
+
+def wall_clock_learning_rate(schedule, fraction):
+    """The learning rate after `fraction` of the time budget, from a schedule over SCHEDULE_TICKS.
 
     Example:
-    >>> recipe = training.get_recipe("scratch")
-    >>> [round(wall_clock_learning_rate(recipe, f) / recipe.learning_rate, 3) for f in (0.025, 0.05, 1.0)]
-    [0.5, 1.0, 0.0]
+    >>> schedule = training.learning_rate_schedule("scratch", SCHEDULE_TICKS)
+    >>> [round(wall_clock_learning_rate(schedule, f) * 1000, 3) for f in (0.025, 0.05, 1.0, 1.5)]
+    [0.5, 1.0, 0.0, 0.0]
     """
-    if recipe.schedule == "constant":
-        return recipe.learning_rate
-    warmup = recipe.warmup_fraction
-    if fraction < warmup:
-        return recipe.learning_rate * fraction / warmup
-    progress = min((fraction - warmup) / (1.0 - warmup), 1.0)
-    return recipe.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if not callable(schedule):
+        return float(schedule)  # a constant rate
+    step = min(max(fraction, 0.0), 1.0) * SCHEDULE_TICKS
+    return float(keras.ops.convert_to_numpy(schedule(step)))
 
 
 class WallClockBudget(keras.callbacks.Callback):
@@ -88,7 +89,8 @@ class WallClockBudget(keras.callbacks.Callback):
 
     def __init__(self, seconds, recipe, test_batches, every=None):
         super().__init__()
-        self.seconds, self.recipe, self.test_batches, self.every = seconds, recipe, test_batches, every
+        self.seconds, self.test_batches, self.every = seconds, test_batches, every
+        self.schedule = training.learning_rate_schedule(recipe, SCHEDULE_TICKS)
         self.curve = []
 
     def on_train_begin(self, logs=None):
@@ -96,7 +98,7 @@ class WallClockBudget(keras.callbacks.Callback):
         self.last = time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.model.optimizer.learning_rate = wall_clock_learning_rate(self.recipe, self.trained / self.seconds)
+        self.model.optimizer.learning_rate = wall_clock_learning_rate(self.schedule, self.trained / self.seconds)
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
@@ -171,15 +173,28 @@ def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Mic
 
 
 def _option(text):
+    """'KEY=VALUE' -> (key, value): an int, a float, true/false, none, or the string."""
     key, _, value = text.partition("=")
-    if not value:
+    if not key or not value:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a ViTConfig field), got {text!r}")
+    words = {"true": True, "false": False, "none": None}
+    if value.lower() in words:
+        return key, words[value.lower()]
     for kind in (int, float):
         try:
             return key, kind(value)
         except ValueError:
             pass
     return key, value
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+    return parse
 
 
 def plot_curves(result, path):
@@ -209,22 +224,27 @@ def plot_curves(result, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="folder with train/ and test/ class folders (CIFAR-10 copy)")
-    parser.add_argument("--minutes", type=float, default=8.0, help="training budget per model (default 8)")
+    parser.add_argument("--minutes", type=_positive(float), default=8.0, help="training budget per model (default 8)")
     parser.add_argument("--models", nargs="+", default=["vitkeras", "keras_example", "cnn"],
                         choices=["vitkeras", "keras_example", "cnn"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="Micro/4", help="ViT preset of vitkeras (and of the CNN's parameter match)")
     parser.add_argument("--vit-option", nargs="+", type=_option, default=[], metavar="KEY=VALUE",
                         help="ViTConfig fields of the vitkeras model, e.g. pooling=gap position_embedding=sincos2d")
-    parser.add_argument("--learning-rate", type=float, help="peak learning rate (default: the recipe's)")
-    parser.add_argument("--batch-size", type=int, help="batch size (default: the recipe's)")
+    parser.add_argument("--learning-rate", type=_positive(float), help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--batch-size", type=_positive(int), help="batch size (default: the recipe's)")
     parser.add_argument("--augmentation", choices=data.AUGMENTATIONS, help="augmentation (default: the recipe's)")
     parser.add_argument("--precision", default="float32", choices=experiments.PRECISIONS,
                         help="Keras dtype policy of every model (auto: float32 on CPU)")
-    parser.add_argument("--curve-minutes", type=float, help="measure test accuracy every this many minutes of "
+    parser.add_argument("--curve-minutes", type=_positive(float), help="measure test accuracy every this many minutes of "
                         "training (not counted in the budget)")
     parser.add_argument("--out", default="benchmarks/results/accuracy_at_budget.json")
     args = parser.parse_args(argv)
+    try:  # a bad preset or ViTConfig field fails here, before minutes of data loading
+        vitkeras.get_config(args.preset, **dict(args.vit_option))
+    except ValueError as error:
+        parser.error(str(error))
+    policy = training.choose_precision() if args.precision == "auto" else args.precision
     train_arrays = data.load_arrays(f"folder:{args.data_dir}", "train")
     test_arrays = data.load_arrays(f"folder:{args.data_dir}", "test")
     validation_arrays = data.load_arrays(f"folder:{args.data_dir}", "validation")
@@ -242,7 +262,6 @@ def main(argv=None):
     }
     records = result["results"]
     for name in args.models:
-        policy = training.choose_precision() if args.precision == "auto" else args.precision
         keras.config.set_dtype_policy(policy)
         records.append(run(name, train_arrays, test_arrays, args.minutes * 60, args.seed,
                            validation_arrays=validation_arrays, **options))

@@ -54,6 +54,7 @@ __all__ = [
     "learning_rate_multipliers",
     "learning_rate_for",
     "no_weight_decay",
+    "learning_rate_schedule",
     "make_optimizer",
     "compile_model",
     "precision_for",
@@ -248,6 +249,29 @@ class AdamWMultipliers(keras.optimizers.AdamW):
         return {**super().get_config(), "learning_rate_multipliers": dict(self.learning_rate_multipliers)}
 
 
+def learning_rate_schedule(recipe, total_steps):
+    """The recipe's learning rate over `total_steps`: a number (constant) or a Keras schedule (warm-up + cosine).
+
+    Example:
+    >>> schedule = learning_rate_schedule("scratch", total_steps=100)
+    >>> [round(float(keras.ops.convert_to_numpy(schedule(step))), 6) for step in (0, 5, 100)]
+    [0.0, 0.001, 0.0]
+    """
+    recipe = get_recipe(recipe)
+    total_steps = max(int(total_steps), 1)
+    warmup = int(round(recipe.warmup_fraction * total_steps))
+    if recipe.schedule == "constant":
+        return recipe.learning_rate
+    if recipe.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else recipe.learning_rate,
+            decay_steps=max(total_steps - warmup, 1),
+            warmup_target=recipe.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    raise ValueError(f"Unknown schedule {recipe.schedule!r}; allowed: 'cosine', 'constant'.")
+
+
 def make_optimizer(recipe, total_steps, model=None):
     """The recipe's optimizer with its warm-up + cosine schedule over `total_steps`.
 
@@ -261,19 +285,7 @@ def make_optimizer(recipe, total_steps, model=None):
     'SGD'
     """
     recipe = get_recipe(recipe)
-    total_steps = max(int(total_steps), 1)
-    warmup = int(round(recipe.warmup_fraction * total_steps))
-    if recipe.schedule == "constant":
-        schedule = recipe.learning_rate
-    elif recipe.schedule == "cosine":
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else recipe.learning_rate,
-            decay_steps=max(total_steps - warmup, 1),
-            warmup_target=recipe.learning_rate if warmup else None,
-            warmup_steps=warmup,
-        )
-    else:
-        raise ValueError(f"Unknown schedule {recipe.schedule!r}; allowed: 'cosine', 'constant'.")
+    schedule = learning_rate_schedule(recipe, total_steps)
     if recipe.optimizer == "sgd":
         return keras.optimizers.SGD(
             schedule, momentum=recipe.momentum, global_clipnorm=recipe.global_clipnorm

@@ -45,6 +45,26 @@ def test_data_efficiency_writes_records_settings_and_plot(tmp_path):
 
 
 @default_backend_only
+def test_eval_every_sets_the_evaluation_interval_and_enters_the_settings(tmp_path, monkeypatch):
+    real, histories = experiments.train_to_convergence, []
+
+    def spy(*args, **kwargs):
+        run = real(*args, **kwargs)
+        histories.append(len(run["history"]["val_accuracy"]))
+        return run
+
+    monkeypatch.setattr(experiments, "train_to_convergence", spy)
+    options = {**TINY, "sizes": (4,), "models": ("cnn",)}
+    summary = experiments.data_efficiency(out=tmp_path, eval_every=1, **options)
+    # Without the option a run of these sizes evaluates once, after its max_steps=4 steps; with
+    # eval_every=1 and patience 1 it evaluates after every step, at least twice.
+    assert histories[0] >= 2 and summary["results"][0]["steps"] == histories[0]
+    assert summary["settings"]["eval_every"] == 1
+    with pytest.raises(ValueError, match=r"eval_every must be a positive integer or None, got 0"):
+        experiments.data_efficiency(out=tmp_path / "bad", eval_every=0, **options)
+
+
+@default_backend_only
 def test_interrupted_run_keeps_finished_points_and_resumes(tmp_path, monkeypatch):
     real = experiments.train_to_convergence
     calls = []

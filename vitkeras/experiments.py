@@ -197,6 +197,8 @@ class DataEfficiencyConfig:
                            "half as many)", type=int)
     max_steps: int = option(DEFAULT_MAX_STEPS, "step cap of one run (a warning says when a run reaches it)",
                             type=int)
+    eval_every: int | None = option(None, "steps between validation evaluations (None: one epoch, at least "
+                                    f"{MIN_EVAL_STEPS}); patience counts these evaluations", type=int)
     seeds: tuple = option((0,), "one run per seed for every size and model (validation split, subset, init, "
                           "shuffling)", nargs="+", type=int, signed=True)
     models: tuple = option(("vit", "cnn"), "models to compare: vit, vit-nopos (no position embeddings), cnn, "
@@ -243,6 +245,7 @@ class DataEfficiencyConfig:
             _check_positive("each of sizes", size)
         for name in ("validation_per_class", "patience", "max_steps", "pretrained_epochs", "batch_size"):
             _check_positive(name, getattr(self, name))
+        _check_positive("eval_every", self.eval_every, allow_none=True)
         rate = self.cnn_learning_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
             raise ValueError(f"cnn_learning_rate must be a number between 0 and 1, got {rate!r}.")
@@ -863,6 +866,8 @@ def _efficiency_settings(config, train_all, test, width, params, policy):
     )
     if config.shapes_sizes:
         key["shapes_sizes"] = list(config.shapes_sizes)
+    if config.eval_every:  # only when set, so results files written before the option still resume
+        key["eval_every"] = config.eval_every
     if "pretrained" in config.models:
         key.update(checkpoint=str(config.checkpoint), pretrained_image_size=config.pretrained_image_size,
                    pretrained_recipe=dataclasses.asdict(training.get_recipe(config.pretrained_recipe)),
@@ -925,7 +930,7 @@ def _efficiency_point(config, kind, subset, validation, test, width, seed, log, 
         recipe = recipe.replace(learning_rate=config.cnn_learning_rate)
     run = train_to_convergence(
         model, subset, validation, recipe, batch_size=config.batch_size, seed=seed, patience=config.patience,
-        max_steps=config.max_steps, patch_order=order, verbose=_keras_verbosity(config.verbose, quiet=0),
+        max_steps=config.max_steps, eval_every=config.eval_every, patch_order=order, verbose=_keras_verbosity(config.verbose, quiet=0),
         log=log, label=f"{kind} n={len(subset)} seed={seed}",
     )
 

@@ -24,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from accuracy_at_budget import _positive  # noqa: E402
+
 
 def step_ms(kind, batch, jit, rounds=5, steps=15):
     """Median over `rounds` of the mean milliseconds of `steps` training steps on one fixed batch."""
@@ -60,8 +62,8 @@ def set_threads(threads):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[64, 128, 256, 512])
-    parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: its default)")
+    parser.add_argument("--batches", type=_positive(int), nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--threads", type=_positive(int), default=None, help="TensorFlow threads (default: its own)")
     parser.add_argument("--pair", action="store_true", help="ViT (XLA) and CNN side by side, one thread each")
     parser.add_argument("--one", nargs=3, metavar=("KIND", "BATCH", "JIT"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help="JSON file for the results")
@@ -69,33 +71,33 @@ def main(argv=None):
     set_threads(args.threads)
     if args.one:  # a child of --pair
         kind, batch, jit = args.one
-        print(json.dumps({"kind": kind, "batch": int(batch), "jit": jit == "1", "threads": args.threads,
+        print(json.dumps({"kind": kind, "batch": int(batch), "jit": jit == "1", "threads": args.threads or 0,
                           "ms": step_ms(kind, int(batch), jit == "1")}))
         return
     from vitkeras.experiments import machine_description
 
     rows = []
     if args.pair:
-        for threads, mode in ((0, "alone"), (1, "alone"), (1, "side by side")):
-            children = [("vit", "1"), ("cnn", "0")]
-            command = [sys.executable, __file__, "--threads", str(threads), "--one"]
+        for threads, mode in ((None, "alone"), (1, "alone"), (1, "side by side")):
+            command = [sys.executable, __file__, *(["--threads", str(threads)] if threads else []), "--one"]
+            children = [command + [kind, "256", jit] for kind, jit in (("vit", "1"), ("cnn", "0"))]
             if mode == "alone":
-                results = [subprocess.run(command + [kind, "256", jit], capture_output=True, text=True)
-                           for kind, jit in children]
+                outputs = [subprocess.run(child, capture_output=True, text=True) for child in children]
             else:
-                procs = [subprocess.Popen(command + [kind, "256", jit], stdout=subprocess.PIPE,
-                                          stderr=subprocess.DEVNULL, text=True)
-                         for kind, jit in children]
-                results = [type("R", (), {"stdout": p.communicate()[0]}) for p in procs]
-            for result in results:
-                row = json.loads(result.stdout.strip().splitlines()[-1])
-                rows.append({**row, "mode": mode})
+                procs = [subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         for child in children]
+                streams = [p.communicate() for p in procs]  # read before the exit code: a full pipe would block
+                outputs = [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, streams)]
+            for output in outputs:
+                if output.returncode:
+                    sys.exit(f"{' '.join(output.args[-3:])} failed:\n{output.stderr[-2000:]}")
+                rows.append({**json.loads(output.stdout.strip().splitlines()[-1]), "mode": mode})
                 print(rows[-1], flush=True)
     else:
         for kind in ("vit", "cnn"):
             for jit in (False, True):
                 for batch in args.batches:
-                    rows.append({"kind": kind, "batch": batch, "jit": jit, "threads": args.threads,
+                    rows.append({"kind": kind, "batch": batch, "jit": jit, "threads": args.threads or 0,
                                  "ms": step_ms(kind, batch, jit)})
                     print(rows[-1], flush=True)
     if args.out:

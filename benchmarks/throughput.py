@@ -109,7 +109,7 @@ def tokens_of(implementation, config_name):
 # Measurements
 # --------------------------------------------------------------------------- #
 def on_gpu():
-    return vitkeras.training._accelerator()[0] not in ("cpu", None)
+    return vitkeras.training.accelerator()[0] not in ("cpu", None)
 
 
 def matmul_peak(n=2048, repeats=5):

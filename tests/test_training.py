@@ -120,7 +120,7 @@ def test_precision_for_devices():
 def test_choose_precision_follows_the_device_it_finds(monkeypatch):
     for device, expected in ((("gpu", (7, 5)), "mixed_float16"), (("gpu", (9, 0)), "mixed_bfloat16"),
                              (("cpu", None), "float32")):
-        monkeypatch.setattr(training, "_accelerator", lambda device=device: device)
+        monkeypatch.setattr(training, "accelerator", lambda device=device: device)
         assert training.choose_precision() == expected
 
 

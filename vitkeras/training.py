@@ -58,6 +58,7 @@ __all__ = [
     "make_optimizer",
     "compile_model",
     "precision_for",
+    "accelerator",
     "choose_precision",
     "fit",
     "data_parallel",
@@ -345,8 +346,15 @@ def precision_for(device_kind, compute_capability=None):
     return "float32"
 
 
-def _accelerator():
-    """(kind, compute capability or None) of the first device of the current backend."""
+def accelerator():
+    """(kind, compute capability or None) of the first device of the current backend.
+
+    The kind is "cpu", "gpu" or "tpu"; probing never raises (an error reads as "cpu").
+
+    Example:
+    >>> accelerator()[0] in ("cpu", "gpu", "tpu")
+    True
+    """
     backend = keras.config.backend()
     try:
         if backend == "jax":
@@ -378,7 +386,7 @@ def _accelerator():
 
 def choose_precision():
     """The dtype policy this machine should train in (see `precision_for`)."""
-    return precision_for(*_accelerator())
+    return precision_for(*accelerator())
 
 
 # --------------------------------------------------------------------------- #

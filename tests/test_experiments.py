@@ -20,8 +20,10 @@ def small_shapes_splits(monkeypatch):
     monkeypatch.setattr(data, "SHAPES_SPLIT_SIZES", {"train": 600, "validation": 60, "test": 240})
 
 
+# One process: these tests patch module state (the shapes splits above, spies on training) that
+# worker processes would not see; test_workers_* covers workers.
 TINY = dict(dataset="shapes", sizes=(4, 8), validation_per_class=3, patience=1, max_steps=4, batch_size=8,
-            preset="Nano/4", log=lambda *a: None)
+            preset="Nano/4", workers=1, log=lambda *a: None)
 
 
 def test_data_efficiency_writes_records_settings_and_plot(tmp_path):
@@ -62,6 +64,38 @@ def test_eval_every_sets_the_evaluation_interval_and_enters_the_settings(tmp_pat
     assert summary["settings"]["eval_every"] == 1
     with pytest.raises(ValueError, match=r"eval_every must be a positive integer or None, got 0"):
         experiments.data_efficiency(out=tmp_path / "bad", eval_every=0, **options)
+
+
+@default_backend_only
+def test_workers_train_every_point_once_as_one_process_would(tmp_path):
+    # Worker processes build their data from the config alone (they do not see this module's
+    # patched splits), so the splits are options here.
+    options = {**TINY, "sizes": (4, 5), "shapes_sizes": (600, 240), "max_steps": 3}
+    # tf.data's seeded shuffle also reads TensorFlow's global seed, which this suite's fixture sets
+    # and a fresh worker process has not: compare with one process in the state a worker starts in.
+    import tensorflow as tf
+
+    tf.random.set_seed(None)
+    one = experiments.data_efficiency(out=tmp_path / "one", **options)
+    two = experiments.data_efficiency(out=tmp_path / "two", **{**options, "workers": 2})
+    stored = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert stored["settings"]["workers"] == 2 and one["settings"]["workers"] == 1
+    assert sorted(stored["results"], key=str) == sorted(two["results"], key=str)
+
+    def by_point(summary):
+        return {(r["model"], r["train_size"], r["seed"]): r for r in summary["results"]}
+
+    alone, shared = by_point(one), by_point(two)
+    assert sorted(shared) == sorted(alone) == [(m, n, 0) for m in ("cnn", "vit") for n in (24, 30)]
+    for point, row in shared.items():
+        # The same data, subset, initial weights, batches and steps (one thread instead of two could
+        # round differently in a long run; not in these three steps).
+        assert row["steps"] == alone[point]["steps"] and row["parameters"] == alone[point]["parameters"]
+        for name in ("train_accuracy", "validation_accuracy", "test_accuracy"):
+            assert row[name] == pytest.approx(alone[point][name], abs=1e-6), (point, name)
+    # A rerun finds every point done and trains nothing, with any number of workers.
+    again = experiments.data_efficiency(out=tmp_path / "two", **{**options, "workers": 2})
+    assert by_point(again) == shared
 
 
 @default_backend_only

@@ -6,7 +6,8 @@ Compares, on the same data and the same budget:
   ViTConfig fields with `--vit-option`, e.g. pooling=gap) with the vitkeras
   from-scratch recipe (AdamW with decay exclusions, warm-up + cosine, label
   smoothing, clipping, flip + translate augmentation; `--learning-rate`,
-  `--batch-size` and `--augmentation` change it for vitkeras and the CNN);
+  `--batch-size` and `--augmentation` change it for vitkeras and the CNN;
+  `--jit-compile true` compiles every model's train step with XLA);
 - "keras_example": the keras.io example's model (resize to 72, patch 6,
   Flatten + 2048/1024 head) with its recipe (AdamW 1e-3, weight decay 1e-4,
   constant learning rate, in-model augmentation);
@@ -119,7 +120,8 @@ class WallClockBudget(keras.callbacks.Callback):
 
 
 def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Micro/4", vit_options=None,
-        learning_rate=None, batch_size=None, augmentation=None, curve_minutes=None, validation_arrays=None):
+        learning_rate=None, batch_size=None, augmentation=None, curve_minutes=None, validation_arrays=None,
+        jit_compile="auto"):
     """Trains one model for `seconds` of training time (its schedule laid out over them) and returns its record.
 
     With `validation_arrays`, the record also holds the final validation accuracy (for choosing
@@ -139,7 +141,7 @@ def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Mic
     test_batches = data.make_pipeline(test_arrays, 500)
     steps_per_epoch = len(train_arrays) // recipe.batch_size
     # The optimizer gets a plain learning rate; WallClockBudget sets it before every batch.
-    training.compile_model(model, recipe.replace(schedule="constant"), total_steps=1)
+    training.compile_model(model, recipe.replace(schedule="constant"), total_steps=1, jit_compile=jit_compile)
     budget = WallClockBudget(seconds, recipe, test_batches, curve_minutes and curve_minutes * 60)
     model.fit(batches, epochs=1_000_000, steps_per_epoch=steps_per_epoch, callbacks=[budget], verbose=0)
     accuracy = float(model.evaluate(test_batches, verbose=0, return_dict=True)["accuracy"])
@@ -163,6 +165,7 @@ def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Mic
         "steps": budget.steps,
         "epochs": round(budget.steps * recipe.batch_size / len(train_arrays), 2),
         "images_per_second": round(budget.steps * recipe.batch_size / budget.trained, 1),
+        "jit_compile": jit_compile,
         "test_accuracy": accuracy,
         "validation_accuracy": validation,
         "curve": [dict(minutes=m, steps=k, test_accuracy=a) for m, k, a in budget.curve],
@@ -236,6 +239,8 @@ def main(argv=None):
     parser.add_argument("--augmentation", choices=data.AUGMENTATIONS, help="augmentation (default: the recipe's)")
     parser.add_argument("--precision", default="float32", choices=experiments.PRECISIONS,
                         help="Keras dtype policy of every model (auto: float32 on CPU)")
+    parser.add_argument("--jit-compile", default="auto", choices=["auto", "true", "false"],
+                        help="XLA for every model's train step (auto: Keras's choice, off on TensorFlow)")
     parser.add_argument("--curve-minutes", type=_positive(float), help="measure test accuracy every this many minutes of "
                         "training (not counted in the budget)")
     parser.add_argument("--out", default="benchmarks/results/accuracy_at_budget.json")
@@ -250,7 +255,8 @@ def main(argv=None):
     validation_arrays = data.load_arrays(f"folder:{args.data_dir}", "validation")
     print(f"train {len(train_arrays)} images, test {len(test_arrays)}; budget {args.minutes} min per model")
     options = dict(preset=args.preset, vit_options=dict(args.vit_option), learning_rate=args.learning_rate,
-                   batch_size=args.batch_size, augmentation=args.augmentation, curve_minutes=args.curve_minutes)
+                   batch_size=args.batch_size, augmentation=args.augmentation, curve_minutes=args.curve_minutes,
+                   jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile])
     result = {
         "command": "python " + " ".join(sys.argv),
         "data": args.data_dir,

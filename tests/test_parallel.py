@@ -13,9 +13,14 @@ from vitkeras import parallel
 
 
 def square_with_pid(state, task, log):
-    """A task's result: state * task**2, the worker's process id and its TensorFlow thread setting."""
+    """A task's result: state * task**2, the worker's process id, its TensorFlow thread setting and its cores."""
     log(f"squaring {task}")
-    return state * task * task, os.getpid(), os.environ.get("TF_NUM_INTRAOP_THREADS")
+    time.sleep(0.2)  # long enough that both workers get tasks
+    return state * task * task, os.getpid(), os.environ.get("TF_NUM_INTRAOP_THREADS"), tuple(_cores())
+
+
+def _cores():
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
 def fail_on_negative(state, task, log):
@@ -50,12 +55,18 @@ def test_workers_run_every_task_in_their_own_processes_and_hand_results_back():
     lines = []
     before = dict(os.environ)
     parallel.run_tasks(square_with_pid, [1, 2, 3, 4], ten, save, workers=2, log=lines.append)
-    assert {task: value for task, (value, _, _) in results.items()} == {1: 10, 2: 40, 3: 90, 4: 160}
-    pids = {pid for _, pid, _ in results.values()}
-    assert os.getpid() not in pids and 1 <= len(pids) <= 2
-    # Each worker gets its share of the cores; this process's environment is left as it was.
-    share = str(max(1, parallel.available_cores() // 2))
-    assert {threads for _, _, threads in results.values()} == {share}
+    assert {task: value for task, (value, _, _, _) in results.items()} == {1: 10, 2: 40, 3: 90, 4: 160}
+    pids = {pid for _, pid, _, _ in results.values()}
+    assert os.getpid() not in pids and len(pids) == 2
+    # Each worker gets its share of the cores: that many threads, and (where the OS has affinity) cores
+    # of its own; this process's environment and cores are left as they were.
+    share = max(1, parallel.available_cores() // 2)
+    assert {threads for _, _, threads, _ in results.values()} == {str(share)}
+    if _cores():
+        cores_of = {pid: set(cores) for _, pid, _, cores in results.values()}
+        first, second = cores_of.values()
+        assert len(first) == len(second) == share and first <= set(_cores()) and second <= set(_cores())
+        assert not first & second or len(_cores()) == 1
     assert dict(os.environ) == before
     assert sorted(lines) == [f"squaring {n}" for n in (1, 2, 3, 4)]
 
@@ -63,8 +74,8 @@ def test_workers_run_every_task_in_their_own_processes_and_hand_results_back():
 def test_one_worker_runs_here_with_the_given_state():
     results, save = collect()
     parallel.run_tasks(square_with_pid, [1, 2], ten, save, workers=1, state=3)
-    assert {task: value for task, (value, _, _) in results.items()} == {1: 3, 2: 12}
-    assert {pid for _, pid, _ in results.values()} == {os.getpid()}
+    assert {task: value for task, (value, _, _, _) in results.items()} == {1: 3, 2: 12}
+    assert {pid for _, pid, _, _ in results.values()} == {os.getpid()}
 
 
 def test_a_failing_task_is_reported_with_its_traceback_and_finished_tasks_are_kept():

@@ -479,7 +479,10 @@ class PatchEncoder(keras.layers.Layer):
         self.built = True
 
     def call(self, patches, training=None):
-        x = self.projection(ops.cast(patches, self.compute_dtype))  # (B, N, D)
+        patches = ops.cast(patches, self.compute_dtype)
+        N = ops.shape(patches)[1]
+        rows = ops.reshape(patches, (-1, ops.shape(patches)[2]))  # (B*N, P*P*C): one row per patch (see TransformerBlock)
+        x = ops.reshape(self.projection(rows), (-1, N, self.hidden_dim))  # (B, N, D)
         if self.class_token:
             cls = ops.cast(self.class_embedding, x.dtype)  # (1, 1, D)
             cls = ops.broadcast_to(cls, (ops.shape(x)[0], 1, self.hidden_dim))  # (B, 1, D)
@@ -663,10 +666,11 @@ class TransformerBlock(keras.layers.Layer):
         self.norm2 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype=norm_policy, name="norm2")
         self.mlp_hidden = dense(self.mlp_dim, "mlp_hidden")
         self.mlp_output = dense(D, "mlp_output")
+        rows = (None, D)  # the block computes on its tokens as rows of a (B*T, D) matrix, see call()
         for layer in (self.norm1, self.query, self.key, self.value, self.attention_output, self.norm2):
-            layer.build(input_shape)
-        self.mlp_hidden.build(input_shape)
-        self.mlp_output.build((*input_shape[:-1], self.mlp_dim))
+            layer.build(rows)
+        self.mlp_hidden.build(rows)
+        self.mlp_output.build((None, self.mlp_dim))
         seed = self.seed
         self.attention_dropout_layer = keras.layers.Dropout(self.attention_dropout, seed=seed, dtype=policy)
         self.dropout_layer = keras.layers.Dropout(self.dropout, seed=None if seed is None else seed + 1, dtype=policy)
@@ -678,14 +682,19 @@ class TransformerBlock(keras.layers.Layer):
         self.built = True
 
     # -- pieces of equations (2) and (3) ------------------------------------ #
-    def _split_heads(self, x):
-        return ops.reshape(x, (-1, ops.shape(x)[1], self.num_heads, self.head_dim))  # (B, T, h, d)
+    # They work on the block's tokens as the rows of one (B*T, D) matrix: LayerNorm and every Dense act
+    # on each token alone, so this is the same computation as on (B, T, D). It is faster on XLA's CPU
+    # backend: with (B, T, D) tensors, XLA fed each weight gradient through a transposed copy that
+    # recomputed the LayerNorm backward, element by element (37% of a ViT-S/16 training step on JAX;
+    # benchmarks/RESULTS.md, "Where a JAX training step's time goes").
+    def _split_heads(self, rows, num_tokens):
+        return ops.reshape(rows, (-1, num_tokens, self.num_heads, self.head_dim))  # (B, T, h, d)
 
-    def self_attention(self, x, training=None, return_attention_scores=False):
-        """MSA(x) for (B, T, D) normalised tokens; optionally also the (B, h, T, T) weights."""
-        q = self._split_heads(self.query(x))  # (B, T, h, d)
-        k = self._split_heads(self.key(x))  # (B, T, h, d)
-        v = self._split_heads(self.value(x))  # (B, T, h, d)
+    def self_attention(self, rows, num_tokens, training=None, return_attention_scores=False):
+        """MSA for normalised tokens as (B*T, D) rows: (B*T, D) rows out, optionally the (B, h, T, T) weights."""
+        q = self._split_heads(self.query(rows), num_tokens)  # (B, T, h, d)
+        k = self._split_heads(self.key(rows), num_tokens)  # (B, T, h, d)
+        v = self._split_heads(self.value(rows), num_tokens)  # (B, T, h, d)
         explicit = (
             return_attention_scores
             or (training and self.attention_dropout > 0)
@@ -700,40 +709,43 @@ class TransformerBlock(keras.layers.Layer):
         else:  # the backend's fused kernel (cuDNN / flash on GPU); softmax accumulates in float32
             flash = _flash_attention_choice(self.compute_dtype, q.shape[1])
             context = ops.dot_product_attention(q, k, v, flash_attention=flash)  # (B, T, h, d)
-        context = ops.reshape(context, (-1, ops.shape(context)[1], self.hidden_dim))  # (B, T, D)
-        out = self.attention_output(context)  # (B, T, D)
+        out = self.attention_output(ops.reshape(context, (-1, self.hidden_dim)))  # (B*T, D)
         return (out, weights) if return_attention_scores else out
 
-    def mlp(self, x, training=None):
-        """MLP(x): Dense -> GELU -> dropout -> Dense -> dropout, (B, T, D) -> (B, T, D)."""
-        x = ops.gelu(self.mlp_hidden(x), approximate=False)  # (B, T, mlp_dim)
+    def mlp(self, rows, training=None):
+        """MLP: Dense -> GELU -> dropout -> Dense -> dropout, (B*T, D) rows -> (B*T, D) rows."""
+        x = ops.gelu(self.mlp_hidden(rows), approximate=False)  # (B*T, mlp_dim)
         x = self.dropout_layer(x, training=training)
-        return self.mlp_output(x)  # (B, T, D)
+        return self.mlp_output(x)  # (B*T, D)
 
-    def _residual_branch(self, branch, scale, training):
+    def _residual_branch(self, branch, scale, num_tokens, training):
         branch = self.dropout_layer(branch, training=training)
         if scale is not None:
             branch = branch * ops.cast(scale, branch.dtype)
-        if training and self.drop_path > 0:
+        if training and self.drop_path > 0:  # one keep-or-drop draw per image, for all its T rows
             keep = 1.0 - self.drop_path
-            mask = keras.random.uniform((ops.shape(branch)[0], 1, 1), seed=self.drop_path_seed)  # (B, 1, 1)
+            tokens = ops.reshape(branch, (-1, num_tokens, self.hidden_dim))  # (B, T, D)
+            mask = keras.random.uniform((ops.shape(tokens)[0], 1, 1), seed=self.drop_path_seed)  # (B, 1, 1)
             mask = ops.cast(mask < keep, branch.dtype) / ops.cast(keep, branch.dtype)
-            branch = branch * mask
+            branch = ops.reshape(tokens * mask, (-1, self.hidden_dim))  # (B*T, D)
         return branch
 
     def call(self, x, training=None, return_attention_scores=False):
         x = ops.cast(x, self.compute_dtype)
+        T = ops.shape(x)[1]
+        z = ops.reshape(x, (-1, self.hidden_dim))  # (B*T, D)
         attention = self.self_attention(
-            self.norm1(x), training=training, return_attention_scores=return_attention_scores
+            self.norm1(z), T, training=training, return_attention_scores=return_attention_scores
         )
         if return_attention_scores:
             attention, weights = attention
         scale1 = self.attention_scale if self.layer_scale is not None else None
         scale2 = self.mlp_scale if self.layer_scale is not None else None
-        x = x + self._residual_branch(ops.cast(attention, x.dtype), scale1, training)  # (2)  (B, T, D)
-        mlp = self.mlp(self.norm2(x), training=training)
-        x = x + self._residual_branch(ops.cast(mlp, x.dtype), scale2, training)  # (3)  (B, T, D)
-        return (x, weights) if return_attention_scores else x
+        z = z + self._residual_branch(ops.cast(attention, z.dtype), scale1, T, training)  # (2)  (B*T, D)
+        mlp = self.mlp(self.norm2(z), training=training)
+        z = z + self._residual_branch(ops.cast(mlp, z.dtype), scale2, T, training)  # (3)  (B*T, D)
+        out = ops.reshape(z, (-1, T, self.hidden_dim))  # (B, T, D)
+        return (out, weights) if return_attention_scores else out
 
     def compute_output_shape(self, input_shape, return_attention_scores=False):
         if return_attention_scores:

@@ -14,11 +14,16 @@ weights and its input (as backpropagation through the model needs):
   explicit einsum-softmax-einsum), LayerNorm, GELU exact and tanh, the MLP.
 
 It also counts the ops of each compiled full step (XLA's optimized HLO, by op
-name) and the dtypes they produce, and can write a `jax.profiler` trace.
+name) and the dtypes they produce. With `--trace DIR` it records a
+`jax.profiler` trace of both full steps and reads it back
+(`jax.profiler.ProfileData`, no viewer needed): the time of every compiled op
+(XLA fusion, dot, copy) summed over the runtime's threads, grouped by kind and
+output shape, with the Keras layer it came from (the HLO's `op_name`), so the
+report names the ops a step spends its time in, in ms per step.
 Pieces are timed in turns, median of `--rounds`, in milliseconds per step.
 
-    KERAS_BACKEND=jax python benchmarks/profile_train_step.py --config B/16 --batch 4 \\
-        --out benchmarks/results/profile_b16_jax_cpu.json
+    KERAS_BACKEND=jax python benchmarks/profile_train_step.py --config S/16 --batch 4 --trace /tmp/trace_s16 \\
+        --out benchmarks/results/profile_s16_jax_cpu.json
 """
 
 from __future__ import annotations
@@ -109,6 +114,63 @@ def hlo_summary(fn, args):
             "converts": ops.get("convert", 0), "transposes": ops.get("transpose", 0)}
 
 
+def _instructions(fn, args):
+    """{instruction name: (output shape, the op_name of its metadata)} of the compiled program's entry."""
+    text = fn.lower(*args).compile().as_text()
+    entry = text[text.index("ENTRY"):]
+    found = {}
+    for line in entry.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ", line)
+        if match:
+            op_name = re.search(r'op_name="([^"]+)"', line)
+            found[match.group(1)] = (match.group(2), op_name.group(1) if op_name else "")
+    return found
+
+
+def trace_breakdown(fn, args, trace_dir, repeats=2, top=12):
+    """Where one compiled step's time goes, read from a `jax.profiler` trace of `repeats` calls.
+
+    Every op the XLA runtime ran (a fusion, a dot, a copy) is timed by the trace on the thread
+    that ran it; ops are grouped by kind (the instruction name without its number, e.g.
+    "copy_bitcast_fusion") and output shape, and summed per step over threads.
+
+    Returns:
+        {"wall_ms", "op_ms" (summed over threads), "top": [{"op", "shape", "ms", "share", "count",
+        "layer" (one op_name of the group: the Keras layer path, "transpose(...)" for the backward)}]}
+    """
+    import glob
+
+    import jax
+
+    instructions = _instructions(fn, args)
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    with jax.profiler.trace(trace_dir):
+        for _ in range(repeats):
+            jax.block_until_ready(fn(*args))
+    wall = (time.perf_counter() - start) / repeats * 1000
+    files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    profile = jax.profiler.ProfileData.from_file(files[-1])
+    groups, counts, layers = collections.Counter(), collections.Counter(), {}
+    for plane in profile.planes:
+        for line in plane.lines:
+            if "XLA" not in line.name:  # the runtime's worker threads; not Python's
+                continue
+            for event in line.events:
+                if event.name not in instructions:  # executor bookkeeping, not a compiled op
+                    continue
+                shape, op_name = instructions[event.name]
+                key = (re.sub(r"\.\d+$", "", event.name), shape)
+                groups[key] += event.duration_ns / repeats / 1e6
+                counts[key] += 1 / repeats
+                layers.setdefault(key, op_name)
+    total = sum(groups.values())
+    return {"wall_ms": round(wall, 1), "op_ms": round(total, 1),
+            "top": [{"op": op, "shape": shape, "ms": round(ms, 1), "share": round(ms / total, 3),
+                     "count": round(counts[(op, shape)]), "layer": layers[(op, shape)]}
+                    for (op, shape), ms in groups.most_common(top)]}
+
+
 def build_models(config_name):
     import keras_hub
 
@@ -189,7 +251,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--trace", default=None, help="write a jax.profiler trace of the full steps here")
+    parser.add_argument("--trace", default=None, help="write a jax.profiler trace of both full steps here and report "
+                        "the ops they spend their time in")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if keras.config.backend() != "jax":
@@ -204,21 +267,30 @@ def main(argv=None):
             "full step keras-hub": gradient_step(theirs, images, labels)}
     report = {"config": args.config, "batch": args.batch, "device": str(jax.devices()[0]),
               "machine": machine_description(), "keras": keras.__version__, "jax": jax.__version__,
+              "date": time.strftime("%Y-%m-%d"),
+              "command": "KERAS_BACKEND=jax python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
               "full": time_steps(full, args.rounds, args.repeats),
               "hlo": {name: hlo_summary(*fa) for name, fa in full.items()}}
     if args.trace:
-        try:
-            with jax.profiler.trace(args.trace):
-                for fn, fargs in full.values():
-                    jax.block_until_ready(fn(*fargs))
-            report["trace"] = args.trace
-        except Exception as error:  # noqa: BLE001 - the timings above stand without a trace
-            print(f"no jax.profiler trace: {error}")
-            report["trace"] = f"failed: {error}"
+        report["trace"] = {}
+        for number, (name, (fn, fargs)) in enumerate(full.items()):
+            try:
+                report["trace"][name] = trace_breakdown(fn, fargs, os.path.join(args.trace, str(number)))
+            except Exception as error:  # noqa: BLE001 - the timings above stand without a trace
+                print(f"no jax.profiler trace of {name}: {error}")
+                report["trace"][name] = f"failed: {error}"
     report["pieces"] = time_steps(pieces(c, size, args.batch, ours, backbone, rng), args.rounds, args.repeats)
     for section in ("full", "pieces"):
         for name, t in report[section].items():
             print(f"{name:<50} {t['ms']:>9.2f} ms  (min {t['min']:.2f}, max {t['max']:.2f})")
+    for name, breakdown in report.get("trace", {}).items():
+        if isinstance(breakdown, str):
+            continue
+        print(f"{name}: {breakdown['wall_ms']:.0f} ms per step traced, {breakdown['op_ms']:.0f} ms of ops summed over "
+              f"threads; the ops it spends most in:")
+        for row in breakdown["top"]:
+            print(f"  {row['ms']:8.1f} ms {row['share']:6.1%}  {row['count']:>4} x {row['op']:<26} {row['shape']:<28} "
+                  f"{row['layer'][-80:]}")
     for name, h in report["hlo"].items():
         top = ", ".join(f"{k} {v}" for k, v in list(h["ops"].items())[:12])
         print(f"{name}: {sum(h['ops'].values())} ops ({top}); dtypes {h['dtypes']}")

@@ -481,7 +481,7 @@ class PatchEncoder(keras.layers.Layer):
     def call(self, patches, training=None):
         patches = ops.cast(patches, self.compute_dtype)
         N = ops.shape(patches)[1]
-        rows = ops.reshape(patches, (-1, ops.shape(patches)[2]))  # (B*N, P*P*C): one row per patch (see TransformerBlock)
+        rows = ops.reshape(patches, (-1, ops.shape(patches)[2]))  # (B*N, P*P*C): rows, as in TransformerBlock
         x = ops.reshape(self.projection(rows), (-1, N, self.hidden_dim))  # (B, N, D)
         if self.class_token:
             cls = ops.cast(self.class_embedding, x.dtype)  # (1, 1, D)

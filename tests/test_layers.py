@@ -368,3 +368,12 @@ def test_block_asks_for_the_fused_attention_kernel_only_where_it_works(monkeypat
     assert out.shape == (1, tokens, 16) and len(seen) == 1
     # Only JAX needs the block to choose (Keras's own check accepts what cuDNN then rejects there).
     assert seen[0] == (expected if keras.config.backend() == "jax" else None)
+
+
+def test_block_refuses_tokens_of_another_width_than_it_was_built_for(rng):
+    # The block computes on (B*T, D) rows; tokens of width 2D would otherwise be regrouped into twice the
+    # rows and come back as a (2B, T, D) output instead of an error.
+    block = TransformerBlock(num_heads=2, mlp_dim=32)
+    assert tuple(block(rng.normal(size=(2, 5, 16)).astype("float32")).shape) == (2, 5, 16)
+    with pytest.raises(ValueError, match=r"expected axis -1 of input shape to have value 16.*\(2, 5, 32\)"):
+        block(rng.normal(size=(2, 5, 32)).astype("float32"))

@@ -652,6 +652,9 @@ class TransformerBlock(keras.layers.Layer):
             )
         self.hidden_dim = D
         self.head_dim = D // self.num_heads
+        # call() flattens tokens to (B*T, D) rows, which would silently regroup tokens of another width:
+        # Keras checks every later input against the width the block was built for.
+        self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: D})
         policy = self.dtype_policy
         norm_policy = _float32_if_mixed(policy)
         def dense(units, name):  # Glorot-uniform kernels, each with its own seed when the block has one
@@ -685,7 +688,7 @@ class TransformerBlock(keras.layers.Layer):
     # They work on the block's tokens as the rows of one (B*T, D) matrix: LayerNorm and every Dense act
     # on each token alone, so this is the same computation as on (B, T, D). It is faster on XLA's CPU
     # backend: with (B, T, D) tensors, XLA fed each weight gradient through a transposed copy that
-    # recomputed the LayerNorm backward, element by element (37% of a ViT-S/16 training step on JAX;
+    # recomputed the LayerNorm backward, element by element (a third of a ViT-S/16 training step on JAX;
     # benchmarks/RESULTS.md, "Where a JAX training step's time goes").
     def _split_heads(self, rows, num_tokens):
         return ops.reshape(rows, (-1, num_tokens, self.num_heads, self.head_dim))  # (B, T, h, d)

@@ -182,6 +182,39 @@ def test_cats_vs_dogs_split_is_seeded_disjoint_and_complete():
     assert counts["train"] > counts["test"]
 
 
+def _encoded_png(size=(20, 24)):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((*size, 3), 120, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_tfds_decodes_only_the_images_it_keeps():
+    # cats_vs_dogs has one upstream split of 23,262 JPEGs: the test split (and a 4-image training
+    # subset) must not decode the others. Every image outside them is undecodable here, so
+    # decoding one of them fails the read.
+    import tensorflow as tf
+
+    names = [f"PetImages/{'Cat' if i % 2 else 'Dog'}/{i}.jpg" for i in range(60)]
+    splits = np.array([data._split_of(data._hash_fraction(n, 0)) for n in names])
+    labels = np.arange(60) % 2
+    subset = np.flatnonzero(splits == "train")[data.stratified_sample(labels[splits == "train"], 4, seed=0)]
+    readable = (splits == "test") | np.isin(np.arange(60), subset)
+
+    def as_dataset(self, *args, **kwargs):
+        images = [_encoded_png() if ok else b"not an image" for ok in readable]
+        return tf.data.Dataset.from_tensor_slices({"image": images, "image/filename": names, "label": labels})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        test, test_info = data.load("cats_vs_dogs", "test", image_size=16)
+        train, train_info = data.load("cats_vs_dogs", "train", image_size=16, max_examples=4)
+        test_items, train_items = list(test.as_numpy_iterator()), list(train.as_numpy_iterator())
+    assert len(test_items) == test_info.num_examples == (splits == "test").sum() > 0
+    assert len(train_items) == train_info.num_examples == 4
+    assert all(x.shape == (16, 16, 3) and (x == 120).all() for x, _ in test_items + train_items)
+
+
 def test_failed_download_names_dataset_and_explains_local_copy(monkeypatch):
     def unreachable(*args, **kwargs):
         raise ConnectionError("Failed to establish a new connection: [Errno 101] Network is unreachable")

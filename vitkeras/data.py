@@ -248,16 +248,21 @@ def _is_download_error(error):
 
 
 def _load_tfds(name, split, data_dir, split_seed):
+    """(dataset of (encoded image, label), decode, DatasetInfo) of a tensorflow-datasets split.
+
+    The images stay encoded (`tfds.decode.SkipDecoding`) so that `load` decodes only the
+    examples it keeps: cats_vs_dogs has one upstream split of 23,262 JPEGs, and decoding all of
+    them to keep a 1,000-image training subset made every epoch decode 23 times too many.
+    `decode` maps one encoded image to (H, W, C) uint8.
+    """
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    kwargs = dict(data_dir=data_dir, with_info=True, shuffle_files=False)
+    kwargs = dict(data_dir=data_dir, with_info=True, shuffle_files=False,
+                  decoders={"image": tfds.decode.SkipDecoding()})
+    tfds_split = "train" if name == "cats_vs_dogs" else {"validation": "train[90%:]", "train": "train[:90%]"}.get(split, split)
     try:
-        if name == "cats_vs_dogs":
-            dataset, info = tfds.load(name, split="train", **kwargs)
-        else:
-            tfds_split = {"validation": "train[90%:]", "train": "train[:90%]"}.get(split, split)
-            dataset, info = tfds.load(name, split=tfds_split, as_supervised=True, **kwargs)
+        dataset, info = tfds.load(name, split=tfds_split, **kwargs)
     except Exception as error:  # noqa: BLE001 - re-raised with advice when it is a download failure
         if _is_download_error(error):
             raise _unavailable(name, error, data_dir) from error
@@ -265,24 +270,16 @@ def _load_tfds(name, split, data_dir, split_seed):
     class_names = tuple(info.features["label"].names)
     if name == "cats_vs_dogs":
         # Seeded hash of the file name: a stable 80/10/10 split of the only upstream split.
-        names_only = tfds.load(
-            name, split="train", data_dir=data_dir, shuffle_files=False,
-            decoders={"image": tfds.decode.SkipDecoding()},  # read file names without decoding 23k JPEGs
-        )
-        pairs = list(tfds.as_numpy(names_only.map(lambda e: (e["image/filename"], e["label"]))))
+        pairs = list(tfds.as_numpy(dataset.map(lambda e: (e["image/filename"], e["label"]))))
         keep = np.array([_split_of(_hash_fraction(n.decode(), split_seed)) == split for n, _ in pairs])
         labels = np.array([label for _, label in pairs], dtype="int32")[keep]
         mask = tf.constant(keep)
-        dataset = dataset.enumerate().filter(lambda i, e: tf.gather(mask, i)).map(
-            lambda i, e: (e["image"], e["label"])
-        )
+        dataset = dataset.enumerate().filter(lambda i, e: tf.gather(mask, i)).map(lambda i, e: e)
     else:
-        labels_only = tfds.load(
-            name, split=tfds_split, data_dir=data_dir, shuffle_files=False,
-            decoders={"image": tfds.decode.SkipDecoding()},  # labels without decoding the images
-        )
-        labels = np.fromiter(tfds.as_numpy(labels_only.map(lambda e: e["label"])), dtype="int32")
-    return dataset, DatasetInfo(name, split, len(labels), class_names, labels=labels)
+        labels = np.fromiter(tfds.as_numpy(dataset.map(lambda e: e["label"])), dtype="int32")
+    dataset = dataset.map(lambda e: (e["image"], e["label"]))
+    decode = info.features["image"].decode_example
+    return dataset, decode, DatasetInfo(name, split, len(labels), class_names, labels=labels)
 
 
 # --------------------------------------------------------------------------- #
@@ -450,6 +447,7 @@ def load(name, split="train", image_size=None, data_dir=None, split_seed=0, max_
 
     _check_name_and_split(name, split)
     full_name, (name, classes) = name, split_classes(name)
+    decode = None  # tensorflow-datasets images arrive encoded, and are decoded once filtered
     if name.startswith("shapes"):
         arrays = _load_shapes(name, split, image_size)
         dataset = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
@@ -458,7 +456,7 @@ def load(name, split="train", image_size=None, data_dir=None, split_seed=0, max_
         scan = _scan_folder(name[len("folder:") :], split, split_seed)
         dataset, info = _load_folder(name[len("folder:") :], split, split_seed, scan=scan)
     else:
-        dataset, info = _load_tfds(name, split, data_dir, split_seed)
+        dataset, decode, info = _load_tfds(name, split, data_dir, split_seed)
     # Which examples of the split to keep (a class selection, a stratified sample) and their new labels.
     keep, remap = np.arange(info.num_examples), np.arange(info.num_classes, dtype="int32")
     if classes is not None:
@@ -473,6 +471,8 @@ def load(name, split="train", image_size=None, data_dir=None, split_seed=0, max_
             mask[keep] = True
             mask = tf.constant(mask)
             dataset = dataset.enumerate().filter(lambda i, e: tf.gather(mask, i)).map(lambda i, e: e)
+    if decode is not None:
+        dataset = dataset.map(lambda x, y: (decode(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if classes is not None:
         table = tf.constant(remap)
         dataset = dataset.map(lambda x, y: (x, tf.gather(table, tf.cast(y, tf.int32))))

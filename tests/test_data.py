@@ -215,6 +215,52 @@ def test_tfds_decodes_only_the_images_it_keeps():
     assert all(x.shape == (16, 16, 3) and (x == 120).all() for x, _ in test_items + train_items)
 
 
+def test_cached_stream_decodes_each_image_once_across_pipelines(tmp_path):
+    # The probe's pass and the fine-tuning epochs are separate pipelines over one stream: with the
+    # cache, the JPEG files are read once; without it, every pass reads them again.
+    import tensorflow as tf
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            Image.fromarray(np.full((20, 24, 3), 40 * i, np.uint8)).save(tmp_path / name / f"{i}.jpg")
+    reads = []
+    original = tf.io.read_file
+
+    def counting_read(path):
+        return tf.py_function(lambda p: reads.append(p) or original(p), [path], tf.string)
+
+    def passes(limit_gib):
+        reads.clear()
+        stream, info = data.load(f"folder:{tmp_path}", "train", image_size=8)
+        stream, size = data.cache_decoded(stream, info.num_examples, 8, limit_gib)
+        probe = data.make_pipeline(stream, 4, num_classes=2, rescale=1.0)
+        epochs = data.make_pipeline(stream, 2, num_classes=2, training=True, repeat=True, seed=0)
+        seen = sum(len(x) for x, _ in probe)
+        iterator = iter(epochs)
+        for _ in range(3 * info.num_examples // 2):  # three more passes
+            next(iterator)
+        return info.num_examples, seen, size, len(reads)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(tf.io, "read_file", counting_read):
+        n, seen, size, cached_reads = passes(1.0)
+        _, _, no_size, uncached_reads = passes(0)
+    assert seen == n > 0 and size == n * 8 * 8 * 3 and no_size == 0
+    assert cached_reads == n  # one read per file, however many passes follow
+    assert uncached_reads >= 4 * n - 2  # every pass reads them again (the last batch may be in flight)
+
+
+def test_cache_decoded_refuses_a_bad_limit_or_unknown_size():
+    stream, info = data.load("shapes", "test", image_size=16)
+    with pytest.raises(ValueError, match=r"limit_gib must be a number of GiB >= 0.*-1"):
+        data.cache_decoded(stream, info.num_examples, 16, -1)
+    with pytest.raises(ValueError, match=r"image_size=S.*None"):
+        data.cache_decoded(stream, info.num_examples, None)
+    assert data.cache_decoded(stream, info.num_examples, 16, limit_gib=1e-6)[1] == 0  # over the limit: not cached
+
+
 def test_failed_download_names_dataset_and_explains_local_copy(monkeypatch):
     def unreachable(*args, **kwargs):
         raise ConnectionError("Failed to establish a new connection: [Errno 101] Network is unreachable")

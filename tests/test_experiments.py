@@ -276,6 +276,7 @@ def test_finetune_learns_a_separable_folder_and_writes_its_result(tmp_path):
     assert stored["image_size"] == 16 and stored["trainable_parameters"] == stored["parameters"]
     assert len(stored["history"]["loss"]) == 4 and stored["history"]["loss"][-1] < stored["history"]["loss"][0]
     assert stored["selection"] is None  # a one-stage recipe has no probe to fall back on
+    assert stored["cached_bytes"] == stored["train_size"] * 16 * 16 * 3  # decoded once, held for the epochs
     import keras
 
     reloaded = keras.saving.load_model(tmp_path / "run" / "model.keras")
@@ -400,6 +401,7 @@ def test_lp_ft_without_validation_keeps_the_fine_tuned_weights(tmp_path):
         (dict(recipe="fast"), r"Unknown fine-tuning recipe 'fast'; allowed: \['lp_ft', 'adamw_head', 'llrd', "),
         (dict(checkpoint=None), r"finetune needs a checkpoint"),
         (dict(validation_size=-1), r"validation_size must be a whole number >= 0 \(0: no check\), got -1"),
+        (dict(cache_gib=-2), r"cache_gib must be a number of GiB >= 0 \(0: no cache\), got -2"),
     ],
 )
 def test_finetune_rejects_bad_options_before_any_training(tmp_path, monkeypatch, options, message):

@@ -44,6 +44,7 @@ __all__ = [
     "make_shapes",
     "load",
     "load_arrays",
+    "cache_decoded",
     "stratified_subset",
     "stratified_sample",
     "split_classes",
@@ -65,6 +66,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 SHAPES_IMAGE_SIZE = 16
 SHAPES_SPLIT_SIZES = {"train": 18000, "validation": 1200, "test": 2400}
 SHAPES_SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+# `cache_decoded`: decoded images are held in memory up to this many GiB (cats_vs_dogs's 18,600
+# training images take 2.6 GiB at 224x224, 0.7 GiB at 112x112; a Colab machine has 12.7 GB).
+DEFAULT_CACHE_GIB = 4.0
 # Fractions of the hash-based train/validation/test split (cats_vs_dogs, flat folders).
 HASH_SPLIT = (0.8, 0.1, 0.1)
 
@@ -486,6 +490,43 @@ def load(name, split="train", image_size=None, data_dir=None, split_seed=0, max_
         )
     dataset = dataset.map(lambda x, y: (x, tf.cast(y, tf.int32)))
     return dataset, info
+
+
+def cache_decoded(dataset, num_examples, image_size, limit_gib=DEFAULT_CACHE_GIB):
+    """A `load` stream that keeps its decoded images in memory after its first full pass, if they fit.
+
+    Reading JPEG files (or tensorflow-datasets records) decodes and resizes every
+    image on every pass; on 2 CPU cores that delivered 151 images per second at
+    224x224 (benchmarks/RESULTS.md), less than a GPU trains on. Every pipeline
+    built from the returned dataset shares the cache: a linear probe's pass over
+    the training images fills it, and the fine-tuning epochs read from memory.
+    A pass that stops early fills nothing (the next full pass does).
+
+    Args:
+        dataset: an unbatched stream of (uint8 image, label) from `load`.
+        num_examples: its length (`DatasetInfo.num_examples`).
+        image_size: the square size its images were resized to.
+        limit_gib: the most memory the cache may take (0: never cache).
+
+    Returns:
+        (dataset, cached bytes): the cached dataset and the bytes its images take, or the
+        stream unchanged and 0 when they would take more than `limit_gib`.
+
+    Example:
+    >>> stream, _ = load("shapes", "test", image_size=16)
+    >>> cached, size = cache_decoded(stream, 2400, 16)
+    >>> size
+    1843200
+    """
+    if limit_gib is None or isinstance(limit_gib, bool) or not limit_gib >= 0:
+        raise ValueError(f"limit_gib must be a number of GiB >= 0 (0: never cache), got {limit_gib!r}.")
+    if not image_size:
+        raise ValueError("cache_decoded needs the size images were resized to (load(..., image_size=S)); "
+                         f"got {image_size!r}.")
+    size = int(num_examples) * int(image_size) ** 2 * 3  # uint8 (S, S, 3) per image
+    if size > limit_gib * 2**30:
+        return dataset, 0
+    return dataset.cache(), size
 
 
 def load_arrays(name, split="train", image_size=None, data_dir=None, split_seed=0, shapes_size=None):

@@ -317,6 +317,9 @@ class FinetuneConfig:
                                   "higher; 0: no check", type=int)
     data_dir: str | None = option(None, "tensorflow-datasets folder with a local copy")
     cache_dir: str | None = option(None, "Hugging Face download cache (default ~/.cache/huggingface)")
+    cache_gib: float = option(vdata.DEFAULT_CACHE_GIB, "hold the decoded, resized training images in memory after "
+                              "their first pass when they take at most this many GiB (0: decode every epoch)",
+                              type=float)
     seed: int = option(0, "seed of the head, the subsets, shuffling and augmentation", type=int, signed=True)
     out: str = option("runs/finetune", "output folder: result.json, history.json (rerun to resume), model.keras")
     precision: str = precision_option()
@@ -341,6 +344,8 @@ class FinetuneConfig:
             raise ValueError(f"validation_size must be a whole number >= 0 (0: no check), got {self.validation_size!r}.")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}.")
+        if isinstance(self.cache_gib, bool) or not isinstance(self.cache_gib, (int, float)) or not self.cache_gib >= 0:
+            raise ValueError(f"cache_gib must be a number of GiB >= 0 (0: no cache), got {self.cache_gib!r}.")
         _check_choice("precision", self.precision, PRECISIONS)
 
 
@@ -689,12 +694,18 @@ def _finetune_resolution(config):
 
 
 def _finetune_data(config, size):
-    """(train stream, train info, test stream, test info), stratified seeded subsets when sizes are given."""
+    """(train stream, train info, test stream, test info, cached bytes), stratified seeded subsets when sizes
+    are given.
+
+    The training stream keeps its decoded images in memory after the first pass when they fit in
+    `config.cache_gib` (`data.cache_decoded`): the probe's pass fills it, the epochs read it.
+    """
     train, train_info = vdata.load(config.dataset, "train", image_size=size, data_dir=config.data_dir,
                                    max_examples=config.train_size, subset_seed=config.seed)
+    train, cached = vdata.cache_decoded(train, train_info.num_examples, size, config.cache_gib)
     test, test_info = vdata.load(config.dataset, "test", image_size=size, data_dir=config.data_dir,
                                  max_examples=config.test_size, subset_seed=config.seed)
-    return train, train_info, test, test_info
+    return train, train_info, test, test_info, cached
 
 
 def _finetune_validation(config, recipe, size):
@@ -743,13 +754,15 @@ def finetune(config=None, log=print, **options):
     out = Path(config.out)
     with _Precision(config.precision) as policy:
         directory, info, size = _finetune_resolution(config)
-        train, train_info, test, test_info = _finetune_data(config, size)
+        train, train_info, test, test_info, cached = _finetune_data(config, size)
         validation = _finetune_validation(config, recipe, size)
         model = pretrained.load_pretrained(directory, image_size=size, num_classes=train_info.num_classes,
                                            linear_probe=config.linear_probe, seed=config.seed)
         log(f"fine-tuning {info.model_type} from {config.checkpoint} ({model.count_params():,} parameters) on "
             f"{config.dataset} at {size}x{size}: {train_info.num_examples} training images, recipe {recipe.name}"
-            f"{' (linear probe only)' if config.linear_probe else ''}")
+            f"{' (linear probe only)' if config.linear_probe else ''}; decoded training images "
+            + (f"held in memory after the first pass ({cached / 2**20:,.0f} MiB)" if cached else
+               f"read again every epoch (they would take more than cache_gib={config.cache_gib:g} GiB)"))
         run = fine_tune(model, train, train_info.num_examples, train_info.num_classes, recipe, config.epochs,
                         linear_probe=config.linear_probe, seed=config.seed, out_dir=out,
                         verbose=_keras_verbosity(config.verbose), log=log, validation=validation)
@@ -757,6 +770,7 @@ def finetune(config=None, log=print, **options):
         out.mkdir(parents=True, exist_ok=True)
         model.save(out / "model.keras")
     result = _finetune_result(config, recipe, info, size, train_info, test_info, model, run, accuracy, policy)
+    result["cached_bytes"] = cached
     training.write_json_atomic(out / "result.json", result)
     log(f"test accuracy {accuracy:.4f} ({run['seconds']:.0f} s of training); wrote {out / 'result.json'}")
     return result

@@ -196,6 +196,18 @@ def test_cli_data_efficiency_end_to_end(tmp_path):
 
 
 @default_backend_only
+def test_cli_takes_zero_where_the_option_documents_it():
+    # "0: no check" and "0: decode every epoch" must reach the config, not be refused as non-positive.
+    from vitkeras.__main__ import _config_from_args, make_parser
+
+    args = make_parser().parse_args(["finetune", "--checkpoint", "x", "--validation-size", "0", "--cache-gib", "0"])
+    config = _config_from_args(experiments.FinetuneConfig, args)
+    assert config.validation_size == 0 and config.cache_gib == 0.0
+    with pytest.raises(SystemExit):  # other counts stay positive
+        make_parser().parse_args(["finetune", "--checkpoint", "x", "--epochs", "0"])
+
+
+@default_backend_only
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -205,6 +217,8 @@ def test_cli_data_efficiency_end_to_end(tmp_path):
         (["data-efficiency", "--dataset", "folder:/nonexistent/photos", "--sizes", "1"], "does not exist"),
         (["finetune", "--checkpoint", "./no/such/checkpoint"], "No checkpoint directory './no/such/checkpoint'"),
         (["finetune", "--checkpoint", "x", "--learning-rate", "-1"], "expected a positive number, got -1.0"),
+        (["finetune", "--checkpoint", "x", "--cache-gib", "-1"], "expected a number >= 0, got -1.0"),
+        (["finetune", "--checkpoint", "x", "--validation-size", "-1"], "expected a whole number >= 0, got -1"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code_2(args, message):

@@ -71,14 +71,26 @@ def _finetune(args):
     return 0
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
+def _number(kind, zero_allowed=False):
+    """An argparse type: a number of `kind` (int or float) above 0, or at least 0 with `zero_allowed`."""
+    if zero_allowed:
+        what = "a whole number >= 0" if kind is int else "a number >= 0"
+    else:
+        what = "a positive integer" if kind is int else "a positive number"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < 0 or (value == 0 and not zero_allowed) or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int, _positive_float = _number(int), _number(float)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,16 +98,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _dataset_name(text):
@@ -152,10 +154,8 @@ def _add_config_arguments(parser, config_class):
         kind = meta.get("type")
         if field.name in _FIELD_TYPES and "choices" not in meta:
             kind = _FIELD_TYPES[field.name]
-        elif kind is int and not meta.get("signed"):
-            kind = _positive_int
-        elif kind is float:
-            kind = _positive_float
+        elif kind in (int, float) and not meta.get("signed"):
+            kind = _number(kind, zero_allowed=meta.get("zero_allowed", False))
         parser.add_argument(
             flag, dest=field.name, type=kind, nargs=meta.get("nargs"), choices=meta.get("choices"),
             default=list(default) if isinstance(default, tuple) else default, help=help_text,

@@ -134,8 +134,9 @@ def matched_cnn_width(target_params, image_size, num_classes, **cnn_kwargs):
 def option(default, help, **cli):
     """A config field: its default, the one sentence that explains it, and how the CLI spells it.
 
-    `cli` may hold `flag` (default `--field-name`), `type` (int: a positive integer unless
-    `signed=True`), `nargs`, `choices` and `required`; a bool field becomes a switch.
+    `cli` may hold `flag` (default `--field-name`), `type` (int or float: above 0, unless
+    `zero_allowed=True` (0 too) or `signed=True` (any)), `nargs`, `choices` and `required`; a bool
+    field becomes a switch.
     """
     return dataclasses.field(default=default, metadata={"help": help, **cli})
 
@@ -314,12 +315,12 @@ class FinetuneConfig:
     test_size: int | None = option(None, "use this many test images, a stratified seeded sample", type=int)
     validation_size: int = option(200, "validation images (a stratified seeded sample of the validation split, "
                                   "all of it if smaller) on which LP-FT keeps the probe unless fine-tuning scores "
-                                  "higher; 0: no check", type=int)
+                                  "higher; 0: no check", type=int, zero_allowed=True)
     data_dir: str | None = option(None, "tensorflow-datasets folder with a local copy")
     cache_dir: str | None = option(None, "Hugging Face download cache (default ~/.cache/huggingface)")
     cache_gib: float = option(vdata.DEFAULT_CACHE_GIB, "hold the decoded, resized training images in memory after "
                               "their first pass when they take at most this many GiB (0: decode every epoch)",
-                              type=float)
+                              type=float, zero_allowed=True)
     seed: int = option(0, "seed of the head, the subsets, shuffling and augmentation", type=int, signed=True)
     out: str = option("runs/finetune", "output folder: result.json, history.json (rerun to resume), model.keras")
     precision: str = precision_option()
@@ -762,7 +763,8 @@ def finetune(config=None, log=print, **options):
             f"{config.dataset} at {size}x{size}: {train_info.num_examples} training images, recipe {recipe.name}"
             f"{' (linear probe only)' if config.linear_probe else ''}; decoded training images "
             + (f"held in memory after the first pass ({cached / 2**20:,.0f} MiB)" if cached else
-               f"read again every epoch (they would take more than cache_gib={config.cache_gib:g} GiB)"))
+               "read again every epoch (" + ("cache_gib=0)" if not config.cache_gib else
+                                              f"they would take more than cache_gib={config.cache_gib:g} GiB)")))
         run = fine_tune(model, train, train_info.num_examples, train_info.num_classes, recipe, config.epochs,
                         linear_probe=config.linear_probe, seed=config.seed, out_dir=out,
                         verbose=_keras_verbosity(config.verbose), log=log, validation=validation)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -64,6 +65,32 @@ def test_eval_every_sets_the_evaluation_interval_and_enters_the_settings(tmp_pat
     assert summary["settings"]["eval_every"] == 1
     with pytest.raises(ValueError, match=r"eval_every must be a positive integer or None, got 0"):
         experiments.data_efficiency(out=tmp_path / "bad", eval_every=0, **options)
+
+
+def test_jit_compile_gives_the_vits_xla_on_tensorflow_and_enters_the_settings(tmp_path, monkeypatch):
+    from vitkeras import training
+
+    real, compiled = training.compile_model, []
+
+    def spy(model, recipe, total_steps, jit_compile="auto"):
+        compiled.append((model.name, jit_compile))
+        return real(model, recipe, total_steps, jit_compile=jit_compile)
+
+    monkeypatch.setattr(training, "compile_model", spy)
+    options = {**TINY, "sizes": (4,), "models": ("vit", "vit-nopos", "cnn"), "max_steps": 2}
+    assert experiments.DataEfficiencyConfig().jit_compile == "auto"  # Keras's choice, unless asked
+    summary = experiments.data_efficiency(out=tmp_path, jit_compile="vit", **options)
+    xla = keras.backend.backend() == "tensorflow"  # JAX compiles with XLA anyway; PyTorch's True is torch.compile
+    vits = [jit for name, jit in compiled if name.startswith("vit")]
+    assert vits == [True, True] if xla else vits == ["auto", "auto"], compiled
+    assert [jit for name, jit in compiled if not name.startswith("vit")] == ["auto"], compiled  # the CNN
+    assert summary["settings"]["jit_compile"] == "vit" and '"jit_compile": "vit"' in summary["settings"]["key"]
+    assert "jit_compile" not in experiments.data_efficiency(out=tmp_path / "auto", **options)["settings"]["key"]
+    # XLA orders the arithmetic differently, so a results file of the other choice does not mix in.
+    with pytest.raises(ValueError, match=r"holds results of other settings"):
+        experiments.data_efficiency(out=tmp_path, jit_compile="auto", **options)
+    with pytest.raises(ValueError, match=r"jit_compile must be one of \['auto', 'vit', 'true', 'false'\], got 'xla'"):
+        experiments.data_efficiency(out=tmp_path / "bad", jit_compile="xla", **options)
 
 
 @default_backend_only

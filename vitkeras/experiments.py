@@ -89,6 +89,14 @@ DEFAULT_MAX_STEPS = 20_000
 # ... and its learning rate drops by this factor after half as many evaluations without a new best
 # (`keras.callbacks.ReduceLROnPlateau`): a constant rate leaves the weights bouncing around the best.
 PLATEAU_FACTOR = 0.3
+# XLA for the training step (`jit_compile`): "auto" leaves every model to Keras (XLA on TensorFlow
+# GPUs, not on CPUs; JAX always uses XLA); "vit" compiles the ViTs' steps with XLA on TensorFlow.
+# On 2 CPU cores "vit" took the main job's ViT runs from 51-58 to 35-34 ms a step and the whole job
+# from 11.6 to 9.3 minutes (the CNN's convolutions run slower under XLA, so they keep Keras's
+# choice); the default stays "auto" because XLA's arithmetic moves every number of the course's act 2
+# as another seed would (benchmarks/RESULTS.md, "XLA for the ViTs").
+JIT_COMPILE = ("auto", "vit", "true", "false")
+XLA_MODELS = ("vit", "vit-nopos")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # LP-FT's second stage: at 1,000 training images one epoch (31 steps of batch 32) gained -1.1 to
 # +1.3 points over the probe in three seeds, two epochs +3.8 to +4.6 (benchmarks/RESULTS.md).
@@ -201,6 +209,10 @@ class DataEfficiencyConfig:
                             type=int)
     eval_every: int | None = option(None, "steps between validation evaluations (None: one epoch, at least "
                                     f"{MIN_EVAL_STEPS}); patience counts these evaluations", type=int)
+    jit_compile: str = option("auto", "XLA for the training step: auto (Keras's choice: no XLA on a CPU with "
+                              "TensorFlow), vit (the ViTs with XLA on TensorFlow, the CNN as Keras chooses: 9.3 "
+                              "instead of 11.6 minutes for the default run on 2 cores, with other numbers), true or "
+                              "false (all models; true on PyTorch: torch.compile)", choices=JIT_COMPILE)
     workers: int = option(1, "runs trained at once, each in its own process with its share of the CPU cores "
                           "(vitkeras.parallel); 2 on a 2-core CPU took 6.8 instead of 9.5 minutes for the default "
                           "run, with slightly different numbers (a run on one thread rounds differently); on a GPU "
@@ -257,6 +269,7 @@ class DataEfficiencyConfig:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
             raise ValueError(f"cnn_learning_rate must be a number between 0 and 1, got {rate!r}.")
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("jit_compile", self.jit_compile, JIT_COMPILE)
         _check_choice("pretrained_recipe", self.pretrained_recipe, training.FINETUNE_RECIPES)
         scratch_recipe(self.recipe)
 
@@ -427,7 +440,7 @@ def reset_optimizer(model, learning_rate):
 
 def train_to_convergence(model, train_data, validation_data, recipe="scratch", batch_size=None, seed=0,
                          patience=DEFAULT_PATIENCE, max_steps=DEFAULT_MAX_STEPS, eval_every=None,
-                         patch_order=None, callbacks=(), verbose=0, log=None, label="run"):
+                         patch_order=None, callbacks=(), verbose=0, log=None, label="run", jit_compile="auto"):
     """Trains until validation accuracy stops improving, and ends with the best weights.
 
     Validation accuracy is measured every `eval_every` steps (default: one
@@ -452,6 +465,8 @@ def train_to_convergence(model, train_data, validation_data, recipe="scratch", b
         patch_order: (patch size, order) to shuffle the patches of every image (`data.permute_patches`).
         callbacks: more Keras callbacks (called after the early stopping's).
         log, label: progress lines (None: silent) and the run's name in them.
+        jit_compile: XLA for the training step (`keras.Model.compile`); a model compiled by an
+            earlier call keeps its own.
 
     Returns:
         {"steps", "best_step", "validation_accuracy", "hit_step_cap", "seconds", "history"}.
@@ -473,7 +488,7 @@ def train_to_convergence(model, train_data, validation_data, recipe="scratch", b
     validation_batches = vdata.make_pipeline(validation_data, 256, num_classes=train_data.num_classes,
                                              patch_order=patch_order)
     if getattr(model, "optimizer", None) is None:
-        training.compile_model(model, recipe, total_steps=max_steps)
+        training.compile_model(model, recipe, total_steps=max_steps, jit_compile=jit_compile)
         # On JAX and PyTorch, a model's first `fit` reads one training batch to build its loss and
         # metrics, then restarts the stream; the seeded reshuffle and the augmentation layers' seed
         # generators have moved on by then, so a fresh model would see other batches than a reused
@@ -890,6 +905,8 @@ def _efficiency_settings(config, train_all, test, width, params, policy):
         key["shapes_sizes"] = list(config.shapes_sizes)
     if config.eval_every:  # only when set, so results files written before the option still resume
         key["eval_every"] = config.eval_every
+    if config.jit_compile != "auto":  # likewise; XLA orders the arithmetic differently: other numbers
+        key["jit_compile"] = config.jit_compile
     if "pretrained" in config.models:
         key.update(checkpoint=str(config.checkpoint), pretrained_image_size=config.pretrained_image_size,
                    pretrained_recipe=dataclasses.asdict(training.get_recipe(config.pretrained_recipe)),
@@ -953,7 +970,7 @@ def _efficiency_point(config, kind, subset, validation, test, width, seed, log, 
     run = train_to_convergence(
         model, subset, validation, recipe, batch_size=config.batch_size, seed=seed, patience=config.patience,
         max_steps=config.max_steps, eval_every=config.eval_every, patch_order=order, verbose=_keras_verbosity(config.verbose, quiet=0),
-        log=log, label=f"{kind} n={len(subset)} seed={seed}",
+        log=log, label=f"{kind} n={len(subset)} seed={seed}", jit_compile=_jit_compile(config.jit_compile, kind),
     )
 
     def accuracy(data):
@@ -962,6 +979,21 @@ def _efficiency_point(config, kind, subset, validation, test, width, seed, log, 
     return {"train_accuracy": accuracy(subset), "validation_accuracy": run["validation_accuracy"],
             "test_accuracy": accuracy(test), "steps": run["steps"], "best_step": run["best_step"],
             "hit_step_cap": run["hit_step_cap"], "seconds": run["seconds"]}
+
+
+def _jit_compile(choice, kind):
+    """`keras.Model.compile`'s jit_compile for a model kind under a `JIT_COMPILE` choice.
+
+    "vit" turns XLA on for the ViTs on TensorFlow only: JAX compiles every step with XLA
+    anyway, and on PyTorch `jit_compile=True` means `torch.compile`, another compiler.
+
+    Example:
+    >>> _jit_compile("vit", "cnn"), _jit_compile("false", "vit"), _jit_compile("true", "cnn")
+    ('auto', False, True)
+    """
+    if choice == "vit":
+        return True if kind in XLA_MODELS and keras.backend.backend() == "tensorflow" else "auto"
+    return {"auto": "auto", "true": True, "false": False}[choice]
 
 
 def _time_left(results, pending, workers=1):

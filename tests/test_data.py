@@ -256,6 +256,8 @@ def test_cache_decoded_refuses_a_bad_limit_or_unknown_size():
     stream, info = data.load("shapes", "test", image_size=16)
     with pytest.raises(ValueError, match=r"limit_gib must be a number of GiB >= 0.*-1"):
         data.cache_decoded(stream, info.num_examples, 16, -1)
+    with pytest.raises(ValueError, match=r"limit_gib must be a number of GiB >= 0.*'4'"):
+        data.cache_decoded(stream, info.num_examples, 16, "4")
     with pytest.raises(ValueError, match=r"image_size=S.*None"):
         data.cache_decoded(stream, info.num_examples, None)
     assert data.cache_decoded(stream, info.num_examples, 16, limit_gib=1e-6)[1] == 0  # over the limit: not cached

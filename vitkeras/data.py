@@ -496,8 +496,8 @@ def cache_decoded(dataset, num_examples, image_size, limit_gib=DEFAULT_CACHE_GIB
     """A `load` stream that keeps its decoded images in memory after its first full pass, if they fit.
 
     Reading JPEG files (or tensorflow-datasets records) decodes and resizes every
-    image on every pass; on 2 CPU cores that delivered 151 images per second at
-    224x224 (benchmarks/RESULTS.md), less than a GPU trains on. Every pipeline
+    image on every pass; on 2 CPU cores that delivered 151 to 250 images per second
+    at 224x224 (benchmarks/RESULTS.md), less than a GPU trains on. Every pipeline
     built from the returned dataset shares the cache: a linear probe's pass over
     the training images fills it, and the fine-tuning epochs read from memory.
     A pass that stops early fills nothing (the next full pass does).
@@ -518,7 +518,7 @@ def cache_decoded(dataset, num_examples, image_size, limit_gib=DEFAULT_CACHE_GIB
     >>> size
     1843200
     """
-    if limit_gib is None or isinstance(limit_gib, bool) or not limit_gib >= 0:
+    if isinstance(limit_gib, bool) or not isinstance(limit_gib, (int, float)) or not limit_gib >= 0:
         raise ValueError(f"limit_gib must be a number of GiB >= 0 (0: never cache), got {limit_gib!r}.")
     if not image_size:
         raise ValueError("cache_decoded needs the size images were resized to (load(..., image_size=S)); "

@@ -91,8 +91,8 @@ DEFAULT_MAX_STEPS = 20_000
 PLATEAU_FACTOR = 0.3
 # XLA for the training step (`jit_compile`): "auto" leaves every model to Keras (XLA on TensorFlow
 # GPUs, not on CPUs; JAX always uses XLA); "vit" compiles the ViTs' steps with XLA on TensorFlow.
-# On 2 CPU cores "vit" took the main job's ViT runs from 51-58 to 35-34 ms a step and the whole job
-# from 11.6 to 9.3 minutes (the CNN's convolutions run slower under XLA, so they keep Keras's
+# On 2 CPU cores "vit" took the main job's ViT runs from 51-58 to 32-35 ms a step and the whole job
+# from 12.0 to 9.3 minutes (the CNN's convolutions run slower under XLA, so they keep Keras's
 # choice); the default stays "auto" because XLA's arithmetic moves every number of the course's act 2
 # as another seed would (benchmarks/RESULTS.md, "XLA for the ViTs").
 JIT_COMPILE = ("auto", "vit", "true", "false")
@@ -211,7 +211,7 @@ class DataEfficiencyConfig:
                                     f"{MIN_EVAL_STEPS}); patience counts these evaluations", type=int)
     jit_compile: str = option("auto", "XLA for the training step: auto (Keras's choice: no XLA on a CPU with "
                               "TensorFlow), vit (the ViTs with XLA on TensorFlow, the CNN as Keras chooses: 9.3 "
-                              "instead of 11.6 minutes for the default run on 2 cores, with other numbers), true or "
+                              "instead of 12.0 minutes for the default run on 2 cores, with other numbers), true or "
                               "false (all models; true on PyTorch: torch.compile)", choices=JIT_COMPILE)
     workers: int = option(1, "runs trained at once, each in its own process with its share of the CPU cores "
                           "(vitkeras.parallel); 2 on a 2-core CPU took 6.8 instead of 9.5 minutes for the default "

@@ -45,6 +45,7 @@ __all__ = [
     "load",
     "load_arrays",
     "cache_decoded",
+    "check_cache_limit",
     "stratified_subset",
     "stratified_sample",
     "split_classes",
@@ -492,6 +493,12 @@ def load(name, split="train", image_size=None, data_dir=None, split_seed=0, max_
     return dataset, info
 
 
+def check_cache_limit(limit_gib, name="limit_gib"):
+    """A clear error unless `limit_gib` (called `name` in the message) is a number of GiB >= 0."""
+    if isinstance(limit_gib, bool) or not isinstance(limit_gib, (int, float)) or not limit_gib >= 0:
+        raise ValueError(f"{name} must be a number of GiB >= 0 (0: no cache), got {limit_gib!r}.")
+
+
 def cache_decoded(dataset, num_examples, image_size, limit_gib=DEFAULT_CACHE_GIB):
     """A `load` stream that keeps its decoded images in memory after its first full pass, if they fit.
 
@@ -518,8 +525,7 @@ def cache_decoded(dataset, num_examples, image_size, limit_gib=DEFAULT_CACHE_GIB
     >>> size
     1843200
     """
-    if isinstance(limit_gib, bool) or not isinstance(limit_gib, (int, float)) or not limit_gib >= 0:
-        raise ValueError(f"limit_gib must be a number of GiB >= 0 (0: never cache), got {limit_gib!r}.")
+    check_cache_limit(limit_gib)
     if not image_size:
         raise ValueError("cache_decoded needs the size images were resized to (load(..., image_size=S)); "
                          f"got {image_size!r}.")

@@ -358,8 +358,7 @@ class FinetuneConfig:
             raise ValueError(f"validation_size must be a whole number >= 0 (0: no check), got {self.validation_size!r}.")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}.")
-        if isinstance(self.cache_gib, bool) or not isinstance(self.cache_gib, (int, float)) or not self.cache_gib >= 0:
-            raise ValueError(f"cache_gib must be a number of GiB >= 0 (0: no cache), got {self.cache_gib!r}.")
+        vdata.check_cache_limit(self.cache_gib, "cache_gib")
         _check_choice("precision", self.precision, PRECISIONS)
 
 
@@ -776,18 +775,15 @@ def finetune(config=None, log=print, **options):
                                            linear_probe=config.linear_probe, seed=config.seed)
         log(f"fine-tuning {info.model_type} from {config.checkpoint} ({model.count_params():,} parameters) on "
             f"{config.dataset} at {size}x{size}: {train_info.num_examples} training images, recipe {recipe.name}"
-            f"{' (linear probe only)' if config.linear_probe else ''}; decoded training images "
-            + (f"held in memory after the first pass ({cached / 2**20:,.0f} MiB)" if cached else
-               "read again every epoch (" + ("cache_gib=0)" if not config.cache_gib else
-                                              f"they would take more than cache_gib={config.cache_gib:g} GiB)")))
+            f"{' (linear probe only)' if config.linear_probe else ''}; {_cache_line(cached, config.cache_gib)}")
         run = fine_tune(model, train, train_info.num_examples, train_info.num_classes, recipe, config.epochs,
                         linear_probe=config.linear_probe, seed=config.seed, out_dir=out,
                         verbose=_keras_verbosity(config.verbose), log=log, validation=validation)
         accuracy = evaluate(model, vdata.make_pipeline(test, 64, train_info.num_classes, rescale=1.0))
         out.mkdir(parents=True, exist_ok=True)
         model.save(out / "model.keras")
-    result = _finetune_result(config, recipe, info, size, train_info, test_info, model, run, accuracy, policy)
-    result["cached_bytes"] = cached
+    result = _finetune_result(config, recipe, info, size, train_info, test_info, model, run, accuracy, policy,
+                              cached)
     training.write_json_atomic(out / "result.json", result)
     log(f"test accuracy {accuracy:.4f} ({run['seconds']:.0f} s of training); wrote {out / 'result.json'}")
     return result
@@ -799,7 +795,16 @@ def _jsonable(options):
             for k, v in options.items()}
 
 
-def _finetune_result(config, recipe, info, size, train_info, test_info, model, run, accuracy, policy):
+def _cache_line(cached, limit_gib):
+    """What `finetune` says about its training images: held in memory, or read again every epoch."""
+    if cached:
+        return f"decoded training images held in memory after the first pass ({cached / 2**20:,.0f} MiB)"
+    if not limit_gib:
+        return "decoded training images read again every epoch (cache_gib=0)"
+    return f"decoded training images read again every epoch (they would take more than cache_gib={limit_gib:g} GiB)"
+
+
+def _finetune_result(config, recipe, info, size, train_info, test_info, model, run, accuracy, policy, cached):
     return {
         "checkpoint": str(config.checkpoint),
         "model_type": info.model_type,
@@ -815,6 +820,7 @@ def _finetune_result(config, recipe, info, size, train_info, test_info, model, r
         "epochs": 0 if config.linear_probe else int(config.epochs),
         "parameters": model.count_params(),
         "trainable_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "cached_bytes": cached,
         **{k: v for k, v in run.items() if k != "history"},
         "recipe_details": dataclasses.asdict(recipe),
         "config": _jsonable(dataclasses.asdict(config)),

@@ -114,6 +114,45 @@ def hlo_summary(fn, args):
             "converts": ops.get("convert", 0), "transposes": ops.get("transpose", 0)}
 
 
+def _layer_of(location):
+    """The Keras layer a traced op came from, blocks merged: "jit(loss)/transpose(jvp(encoder_block_3))/norm1/mul"
+    -> ("backward", "block/norm1")."""
+    direction = "backward" if "transpose(" in location else "forward"
+    path = re.sub(r"\b(?:jit|jvp|transpose|pjit|checkpoint)\(", "", location).replace(")", "")
+    parts = [part for part in path.split("/")[1:-1] if part]  # drop the function's name and the op
+    parts = [re.sub(r"^(encoder_block|transformer_layer|transformer_block)_\d+$", "block", part) for part in parts]
+    return direction, "/".join(parts[-2:]) or "(model)"
+
+
+def convert_summary(fn, args, top=12):
+    """The dtype casts the model asks for: `convert` ops of the lowered program (before XLA's backend passes,
+    so the same on a CPU and a GPU), counted with the elements they cast and grouped by Keras layer.
+    Casts of one value to one dtype count once (three Dense layers casting the same input: XLA merges them).
+
+    Returns:
+        {"converts", "elements", "of_weights" (casts of the float32 variables to the compute dtype),
+        "by_layer": [{"direction", "layer", "count", "elements"}], the `top` layers by elements}
+    """
+    text = fn.lower(*args).as_text(debug_info=True)
+    locations = dict(re.findall(r"^(#loc\d+) = loc\(\"([^\"]*)\"", text, re.M))
+    count, elements = collections.Counter(), collections.Counter()
+    weights, seen = 0, set()
+    for line in text.splitlines():
+        match = re.search(r"stablehlo\.convert (%\w+) : \(tensor<([^>]*)>\) -> (tensor<[^>]*>) loc\((#loc\d+)\)", line)
+        if not match or match.group(1, 3) in seen:
+            continue
+        operand, shape, target, loc = match.groups()
+        seen.add((operand, target))
+        size = int(np.prod([int(d) for d in shape.split("x")[:-1]] or [1]))
+        key = _layer_of(locations.get(loc, "?/?/?"))
+        count[key] += 1
+        elements[key] += size
+        weights += operand.startswith("%arg")
+    return {"converts": sum(count.values()), "elements": sum(elements.values()), "of_weights": weights,
+            "by_layer": [{"direction": d, "layer": layer, "count": count[(d, layer)], "elements": n}
+                         for (d, layer), n in elements.most_common(top)]}
+
+
 def _instructions(fn, args):
     """{instruction name: (output shape, the op_name of its metadata)} of the compiled program's entry."""
     text = fn.lower(*args).compile().as_text()
@@ -253,11 +292,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--trace", default=None, help="write a jax.profiler trace of both full steps here and report "
                         "the ops they spend their time in")
+    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], default="float32",
+                        help="Keras dtype policy of both models (mixed: the casts they ask for are counted by layer)")
+    parser.add_argument("--no-pieces", action="store_true", help="time the full steps only")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if keras.config.backend() != "jax":
         parser.error(f"run with KERAS_BACKEND=jax (got {keras.config.backend()})")
     import jax
+
+    keras.config.set_dtype_policy(args.precision)
 
     rng = np.random.default_rng(0)
     c, size, classes, ours, theirs, backbone = build_models(args.config)
@@ -267,10 +311,11 @@ def main(argv=None):
             "full step keras-hub": gradient_step(theirs, images, labels)}
     report = {"config": args.config, "batch": args.batch, "device": str(jax.devices()[0]),
               "machine": machine_description(), "keras": keras.__version__, "jax": jax.__version__,
-              "date": time.strftime("%Y-%m-%d"),
+              "date": time.strftime("%Y-%m-%d"), "precision": args.precision,
               "command": "KERAS_BACKEND=jax python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
               "full": time_steps(full, args.rounds, args.repeats),
-              "hlo": {name: hlo_summary(*fa) for name, fa in full.items()}}
+              "hlo": {name: hlo_summary(*fa) for name, fa in full.items()},
+              "casts": {name: convert_summary(*fa) for name, fa in full.items()}}
     if args.trace:
         report["trace"] = {}
         for number, (name, (fn, fargs)) in enumerate(full.items()):
@@ -279,7 +324,8 @@ def main(argv=None):
             except Exception as error:  # noqa: BLE001 - the timings above stand without a trace
                 print(f"no jax.profiler trace of {name}: {error}")
                 report["trace"][name] = f"failed: {error}"
-    report["pieces"] = time_steps(pieces(c, size, args.batch, ours, backbone, rng), args.rounds, args.repeats)
+    report["pieces"] = {} if args.no_pieces else time_steps(pieces(c, size, args.batch, ours, backbone, rng),
+                                                             args.rounds, args.repeats)
     for section in ("full", "pieces"):
         for name, t in report[section].items():
             print(f"{name:<50} {t['ms']:>9.2f} ms  (min {t['min']:.2f}, max {t['max']:.2f})")
@@ -294,6 +340,12 @@ def main(argv=None):
     for name, h in report["hlo"].items():
         top = ", ".join(f"{k} {v}" for k, v in list(h["ops"].items())[:12])
         print(f"{name}: {sum(h['ops'].values())} ops ({top}); dtypes {h['dtypes']}")
+    for name, casts in report["casts"].items():
+        print(f"{name}: {casts['converts']} casts asked for ({casts['of_weights']} of weights), "
+              f"{casts['elements'] / args.batch / 1e6:.2f} M elements per image; by layer:")
+        for row in casts["by_layer"]:
+            print(f"  {row['direction']:<8} {row['layer']:<40} {row['count']:>5} casts {row['elements'] / args.batch:>12,.0f} "
+                  f"elements per image")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))

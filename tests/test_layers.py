@@ -343,6 +343,24 @@ def test_block_under_mixed_precision_keeps_norm_and_softmax_float32(policy, rng)
     assert np.isfinite(to_numpy(keras.ops.cast(out, "float32"))).all()
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_block_layer_norm_returns_float32_precision_under_mixed_precision(policy, rng):
+    # Keras's LayerNormalization returns its input's dtype: fed the 16-bit residual stream, the float32
+    # norm's output used to come back rounded to 16 bits (errors of ~1e-2 here), cast to float32 again.
+    keras.config.set_dtype_policy(policy)
+    block = TransformerBlock(num_heads=2, mlp_dim=32)
+    block.build((2, 5, 16))
+    gamma, beta = rng.normal(size=16).astype("float32"), rng.normal(size=16).astype("float32")
+    block.norm1.gamma.assign(gamma)
+    block.norm1.beta.assign(beta)
+    rows = keras.ops.cast(rng.normal(size=(10, 16)).astype("float32"), policy.split("_")[1])  # (B*T, D)
+    out = block.layer_norm(block.norm1, rows)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    z = to_numpy(keras.ops.cast(rows, "float32")).astype("float64")
+    reference = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-6) * gamma + beta
+    np.testing.assert_allclose(to_numpy(out), reference, atol=2e-5)
+
+
 @pytest.mark.parametrize(
     "device,policy,tokens,expected",
     [

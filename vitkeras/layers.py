@@ -690,6 +690,18 @@ class TransformerBlock(keras.layers.Layer):
     # backend: with (B, T, D) tensors, XLA fed each weight gradient through a transposed copy that
     # recomputed the LayerNorm backward, element by element (a third of a ViT-S/16 training step on JAX;
     # benchmarks/RESULTS.md, "Where a JAX training step's time goes").
+    @staticmethod
+    def layer_norm(norm, rows):
+        """LN(z) of (B*T, D) rows by `norm` (norm1 or norm2), computed and returned in its float32.
+
+        Under mixed precision the residual stream is bfloat16/float16 and the norms are float32 layers.
+        Keras's LayerNormalization computes in float32 but returns its input's dtype, so a 16-bit input
+        came back rounded to 16 bits and was cast to float32 again, and once more to 16 bits for the
+        Dense layers: two casts of the whole stream per norm (and two in the backward pass) for nothing.
+        Given float32 rows, it returns true float32, which the Dense layers round once.
+        """
+        return norm(ops.cast(rows, norm.compute_dtype))  # (B*T, D)
+
     def _split_heads(self, rows, num_tokens):
         return ops.reshape(rows, (-1, num_tokens, self.num_heads, self.head_dim))  # (B, T, h, d)
 
@@ -738,14 +750,14 @@ class TransformerBlock(keras.layers.Layer):
         T = ops.shape(x)[1]
         z = ops.reshape(x, (-1, self.hidden_dim))  # (B*T, D)
         attention = self.self_attention(
-            self.norm1(z), T, training=training, return_attention_scores=return_attention_scores
+            self.layer_norm(self.norm1, z), T, training=training, return_attention_scores=return_attention_scores
         )
         if return_attention_scores:
             attention, weights = attention
         scale1 = self.attention_scale if self.layer_scale is not None else None
         scale2 = self.mlp_scale if self.layer_scale is not None else None
         z = z + self._residual_branch(ops.cast(attention, z.dtype), scale1, T, training)  # (2)  (B*T, D)
-        mlp = self.mlp(self.norm2(z), training=training)
+        mlp = self.mlp(self.layer_norm(self.norm2, z), training=training)
         z = z + self._residual_branch(ops.cast(mlp, z.dtype), scale2, T, training)  # (3)  (B*T, D)
         out = ops.reshape(z, (-1, T, self.hidden_dim))  # (B, T, D)
         return (out, weights) if return_attention_scores else out

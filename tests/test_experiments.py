@@ -364,6 +364,46 @@ def test_default_recipe_is_lp_ft_and_lowers_the_training_loss(tmp_path):
     assert after < 0.8 * before, (before, after)
 
 
+@pytest.mark.parametrize("augment_on", ["host", "device"])
+def test_fine_tune_augments_where_asked_and_learns(tmp_path, monkeypatch, augment_on):
+    from vitkeras import pretrained, training
+
+    checkpoint = _tiny_checkpoint(tmp_path / "ckpt")
+    train = data.load_arrays(_colour_folder(tmp_path / "images", per_class=16), "train", image_size=16)
+    recipe = training.get_recipe("lp_ft", batch_size=8, learning_rate=1e-3)
+    seen = {}
+    real_pipeline, real_fit = data.make_pipeline, training.fit
+
+    def pipeline(*args, **kwargs):
+        if kwargs.get("training"):
+            seen["pipeline augmentation"] = kwargs["augmentation"]
+        return real_pipeline(*args, **kwargs)
+
+    def fit(model, *args, **kwargs):
+        seen["trainee"] = model
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(data, "make_pipeline", pipeline)
+    monkeypatch.setattr(training, "fit", fit)
+    weights = []
+    for attempt in range(2):  # the same seed twice: the same weights
+        model = pretrained.load_pretrained(checkpoint, num_classes=2, seed=0)
+        run = experiments.fine_tune(model, train, len(train), 2, recipe, epochs=3, seed=0, augment_on=augment_on,
+                                    out_dir=tmp_path / f"run{attempt}")  # with a backup, as `finetune` trains
+        weights.append(model.get_weights())
+    assert run["augment_on"] == augment_on
+    assert seen["pipeline augmentation"] == ("basic" if augment_on == "host" else "none")
+    trainee = seen["trainee"]
+    assert isinstance(trainee, training.Augmented) == (augment_on == "device")
+    if augment_on == "device":
+        assert trainee.inner is model and [type(layer).__name__ for layer in trainee.augment] == \
+            ["RandomFlip", "RandomTranslation"]
+    assert run["history"]["loss"][-1] < run["history"]["loss"][0]
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert experiments.evaluate(model, data.make_pipeline(train, 8, 2, rescale=1.0)) >= 0.9
+
+
 def test_lp_ft_second_stage_starts_from_the_probes_head(tmp_path, monkeypatch):
     from vitkeras import pretrained, training
 
@@ -443,6 +483,7 @@ def test_lp_ft_without_validation_keeps_the_fine_tuned_weights(tmp_path):
         (dict(checkpoint=None), r"finetune needs a checkpoint"),
         (dict(validation_size=-1), r"validation_size must be a whole number >= 0 \(0: no check\), got -1"),
         (dict(cache_gib=-2), r"cache_gib must be a number of GiB >= 0 \(0: no cache\), got -2"),
+        (dict(augment_on="gpu"), r"augment_on must be one of \['auto', 'host', 'device'\], got 'gpu'"),
     ],
 )
 def test_finetune_rejects_bad_options_before_any_training(tmp_path, monkeypatch, options, message):

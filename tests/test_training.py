@@ -243,3 +243,65 @@ def test_lp_ft_learning_rate_shrinks_with_small_training_sets_and_the_optimizer_
     monkeypatch.setattr(training, "fit", fit)
     run = experiments.fine_tune(model, train, 40, 2, recipe, epochs=1)
     assert run["learning_rate"] == pytest.approx(5e-6) and seen["learning_rate"] == pytest.approx(5e-6, rel=1e-6)  # read from the optimizer
+
+
+def test_augment_on_chooses_the_device_on_accelerators_and_the_host_on_a_cpu(monkeypatch):
+    for backend in ("jax", "torch"):
+        assert [training.augment_on_for("auto", kind, backend) for kind in ("cpu", "gpu", "tpu")] == \
+            ["host", "device", "device"]
+    # TensorFlow's translation op has no XLA kernel: in the step it would cost the step its XLA compilation.
+    assert [training.augment_on_for("auto", kind, "tensorflow") for kind in ("cpu", "gpu")] == ["host", "host"]
+    assert training.augment_on_for("host", "gpu") == "host" and training.augment_on_for("device", "cpu") == "device"
+    monkeypatch.setattr(training, "accelerator", lambda: ("gpu", (8, 0)))
+    assert training.augment_on_for() == ("host" if keras.config.backend() == "tensorflow" else "device")
+    with pytest.raises(ValueError, match=r"augment_on must be one of \['auto', 'host', 'device'\], got 'gpu'"):
+        training.augment_on_for("gpu")
+
+
+def _position_sensitive_model(seed=0):
+    """Flatten + Dense: any flip or shift of the image changes its output."""
+    return keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(),
+                             keras.layers.Dense(2, kernel_initializer=keras.initializers.RandomNormal(seed=seed))])
+
+
+def test_augmented_model_augments_in_training_only_and_repeats_with_its_seed(rng):
+    images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    inner = _position_sensitive_model()
+    wrapped = training.Augmented(inner, "basic", seed=3)
+    np.testing.assert_allclose(to_numpy(wrapped(images)), to_numpy(inner(images)), rtol=1e-6)  # inference: as is
+    first, second = (to_numpy(wrapped(images, training=True)) for _ in range(2))
+    plain = to_numpy(inner(images))
+    assert not np.allclose(first, plain) and not np.allclose(second, first)  # augmented, new draws every call
+    assert wrapped.trainable_weights == inner.trainable_weights  # one set of weights, shared
+    again = training.Augmented(_position_sensitive_model(), "basic", seed=3)
+    np.testing.assert_allclose(to_numpy(again(images, training=True)), first, rtol=1e-5, atol=1e-4)
+    assert training.Augmented(inner, "none", seed=3).augment == []
+
+
+def test_augmented_train_step_stays_compiled_on_jax():
+    # One layer that says it cannot be compiled makes Keras run the whole step eagerly.
+    model = training.Augmented(vitkeras.build_vit("Nano/4", image_size=8, num_classes=3, seed=0), "basic")
+    training.compile_model(model, "scratch", total_steps=10)
+    assert model.jit_compile is (keras.config.backend() == "jax")  # TensorFlow on a CPU, PyTorch: never XLA
+
+
+def test_augmented_model_keeps_the_recipes_learning_rates_per_layer():
+    model = vitkeras.build_vit("Nano/4", image_size=8, num_classes=3, seed=0)
+    recipe = training.get_recipe("llrd")
+    expected = training.learning_rate_multipliers(model, recipe)
+    assert expected and training.learning_rate_multipliers(training.Augmented(model, "basic"), recipe) == expected
+
+
+def test_augmented_model_keeps_pixels_in_float32_under_mixed_precision(rng):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    wrapped = training.Augmented(_position_sensitive_model(), "basic", seed=0)
+    assert all(layer.compute_dtype == "float32" for layer in wrapped.augment)
+
+
+def test_augmented_model_round_trips_through_a_keras_file(tmp_path, rng):
+    wrapped = training.Augmented(_position_sensitive_model(), "translate", seed=5)
+    images = rng.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    wrapped.save(tmp_path / "augmented.keras")
+    reloaded = keras.saving.load_model(tmp_path / "augmented.keras")
+    assert isinstance(reloaded, training.Augmented) and (reloaded.augmentation, reloaded.seed) == ("translate", 5)
+    np.testing.assert_allclose(to_numpy(reloaded(images)), to_numpy(wrapped(images)), rtol=1e-6)

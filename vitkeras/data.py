@@ -684,11 +684,14 @@ def permute_patches(images, patch_size, order):
 AUGMENTATIONS = ("none", "translate", "basic", "strong")
 
 
-def make_augmentation(kind="basic", seed=0):
+def make_augmentation(kind="basic", seed=0, dtype=None):
     """A list of Keras preprocessing layers that augment uint8-range images (values 0-255).
 
     A list rather than a `keras.Sequential`: each preprocessing layer runs on
     TensorFlow inside tf.data whatever the Keras backend, a Sequential does not.
+    The same layers also run inside a model, on its device (`training.Augmented`);
+    give them dtype="float32" there, so that a mixed-precision policy does not
+    round the pixels to 16 bits before the model's own preprocessing.
 
     "translate": random translation by up to 1/8 of the size (about CIFAR's
     pad-4-and-crop), for experiments about position, where a flip would move
@@ -706,12 +709,13 @@ def make_augmentation(kind="basic", seed=0):
         raise ValueError(f"augmentation must be one of {list(AUGMENTATIONS)}, got {kind!r}.")
     if kind == "none":
         return []
-    translation = keras.layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed + 1)
+    translation = keras.layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed + 1, dtype=dtype)
     if kind == "translate":
         return [translation]
-    layers = [keras.layers.RandomFlip("horizontal", seed=seed), translation]
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed, dtype=dtype), translation]
     if kind == "strong":
-        layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 2))
+        layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 2,
+                                               dtype=dtype))
     return layers
 
 

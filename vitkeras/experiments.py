@@ -334,6 +334,10 @@ class FinetuneConfig:
     cache_gib: float = option(vdata.DEFAULT_CACHE_GIB, "hold the decoded, resized training images in memory after "
                               "their first pass when they take at most this many GiB (0: decode every epoch)",
                               type=float, zero_allowed=True)
+    augment_on: str = option("auto", "where the training images are augmented: host (the tf.data pipeline, on one "
+                             "CPU thread so seeded runs repeat), device (in the train step, on the GPU), auto "
+                             "(device on a GPU or TPU with JAX or PyTorch; host on a CPU, and with TensorFlow, "
+                             "whose translation op cannot be compiled with XLA)", choices=training.AUGMENT_ON)
     seed: int = option(0, "seed of the head, the subsets, shuffling and augmentation", type=int, signed=True)
     out: str = option("runs/finetune", "output folder: result.json, history.json (rerun to resume), model.keras")
     precision: str = precision_option()
@@ -359,6 +363,7 @@ class FinetuneConfig:
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}.")
         vdata.check_cache_limit(self.cache_gib, "cache_gib")
+        _check_choice("augment_on", self.augment_on, training.AUGMENT_ON)
         _check_choice("precision", self.precision, PRECISIONS)
 
 
@@ -584,7 +589,7 @@ def train_linear_probe(model, batches, recipe, seed=0):
 
 
 def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_probe=False, seed=0,
-              out_dir=None, verbose=0, resize=None, log=None, validation=None):
+              out_dir=None, verbose=0, resize=None, log=None, validation=None, augment_on="auto"):
     """Fine-tunes a pretrained model with a recipe: linear probe, LP-FT or one stage.
 
     Args:
@@ -604,12 +609,16 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
             `keep_probe_unless_better` (LP-FT), the probe and the fine-tuned weights are
             both scored on them and the probe's are kept unless the fine-tuned ones score
             higher. None: no check, the fine-tuned weights are kept.
+        augment_on: where the fine-tuning images are augmented: "host" (the tf.data pipeline),
+            "device" (the train step, `training.Augmented`) or "auto" (`training.augment_on_for`:
+            the device on a GPU or TPU with JAX or PyTorch, else the host).
 
     Returns:
         {"probe": {...} or None, "seconds": all stages, "finetune_seconds", "seconds_per_epoch",
-         "steps_per_epoch", "history", "selection": {...} or None}
+         "steps_per_epoch", "augment_on", "history", "selection": {...} or None}
     """
     recipe = training.get_recipe(recipe)
+    augment_on = training.augment_on_for(augment_on)
     batch = min(recipe.batch_size, num_examples)
     start = time.perf_counter()
     probe = None
@@ -623,15 +632,20 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
     if not linear_probe:
         recipe = recipe.replace(learning_rate=training.learning_rate_for(recipe, num_examples))
         steps_per_epoch = max(1, num_examples // batch)
-        batches = vdata.make_pipeline(train, batch, num_classes, training=True, augmentation=recipe.augmentation,
-                                      rescale=1.0, seed=seed, repeat=True, resize=resize)
+        on_host = augment_on == "host"
+        batches = vdata.make_pipeline(train, batch, num_classes, training=True, rescale=1.0, seed=seed, repeat=True,
+                                      augmentation=recipe.augmentation if on_host else "none", resize=resize)
         for layer in model.layers:
             layer.trainable = True
-        training.compile_model(model, recipe, total_steps=epochs * steps_per_epoch)
+        # On the device, the wrapper (same weights) trains; `model` is compiled too, for evaluate and save.
+        trainee = model if on_host else training.Augmented(model, recipe.augmentation, seed=seed)
+        training.compile_model(trainee, recipe, total_steps=epochs * steps_per_epoch)
+        if not on_host:
+            training.compile_model(model, recipe, total_steps=1)
         check = _ProbeCheck(model, validation, num_classes, resize) \
             if probe and recipe.keep_probe_unless_better and validation is not None else None
         fit_start = time.perf_counter()
-        history = training.fit(model, batches, epochs, steps_per_epoch, out_dir=out_dir, verbose=verbose)
+        history = training.fit(trainee, batches, epochs, steps_per_epoch, out_dir=out_dir, verbose=verbose)
         finetune_seconds = time.perf_counter() - fit_start
         selection = check.choose() if check else None
         if log and selection:
@@ -645,6 +659,7 @@ def fine_tune(model, train, num_examples, num_classes, recipe, epochs=1, linear_
         "finetune_seconds": round(finetune_seconds, 2),
         "seconds_per_epoch": round(finetune_seconds / epochs, 2) if not linear_probe else None,
         "steps_per_epoch": steps_per_epoch,
+        "augment_on": None if linear_probe else augment_on,
         "batch_size": batch,
         "learning_rate": None if linear_probe else recipe.learning_rate,
         "history": history,
@@ -778,7 +793,8 @@ def finetune(config=None, log=print, **options):
             f"{' (linear probe only)' if config.linear_probe else ''}; {_cache_line(cached, config.cache_gib)}")
         run = fine_tune(model, train, train_info.num_examples, train_info.num_classes, recipe, config.epochs,
                         linear_probe=config.linear_probe, seed=config.seed, out_dir=out,
-                        verbose=_keras_verbosity(config.verbose), log=log, validation=validation)
+                        verbose=_keras_verbosity(config.verbose), log=log, validation=validation,
+                        augment_on=config.augment_on)
         accuracy = evaluate(model, vdata.make_pipeline(test, 64, train_info.num_classes, rescale=1.0))
         out.mkdir(parents=True, exist_ok=True)
         model.save(out / "model.keras")

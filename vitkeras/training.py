@@ -60,6 +60,9 @@ __all__ = [
     "precision_for",
     "accelerator",
     "choose_precision",
+    "AUGMENT_ON",
+    "augment_on_for",
+    "Augmented",
     "fit",
     "data_parallel",
     "write_json_atomic",
@@ -193,6 +196,7 @@ def learning_rate_multipliers(model, recipe):
     than 1 are listed.
     """
     recipe = get_recipe(recipe)
+    model = model.inner if isinstance(model, Augmented) else model  # the same weights, and the ViT's layers
     blocks = [layer.name for layer in model.layers if layer.name.startswith("encoder_block_")]
     depth = len(blocks)
     multipliers = {}
@@ -387,6 +391,109 @@ def accelerator():
 def choose_precision():
     """The dtype policy this machine should train in (see `precision_for`)."""
     return precision_for(*accelerator())
+
+
+# --------------------------------------------------------------------------- #
+# Where the training images are augmented
+# --------------------------------------------------------------------------- #
+AUGMENT_ON = ("auto", "host", "device")
+
+
+def augment_on_for(choice="auto", device_kind=None, backend=None):
+    """"host" or "device": where `choice` augments the training images on this machine.
+
+    "host": in the tf.data pipeline, on the CPU, before a batch reaches the model. Keras's
+    augmentation layers draw from a stateful seed generator, so that map runs on one thread
+    for seeded runs to repeat: about 320 to 370 fine-tuning images a second at 224 px on 2
+    cores (benchmarks/RESULTS.md). "device": in the train step, on the model's device
+    (`Augmented`); the pipeline only batches images, in parallel. "auto": "device" on a GPU or
+    TPU with JAX or PyTorch; "host" on a CPU (where the model takes the time anyway and where
+    the project's seeded fine-tuning numbers were measured) and with TensorFlow, whose
+    translation op has no XLA kernel: in the step, it would cost the whole step its XLA
+    compilation, a trade no one has measured on a GPU here.
+
+    Args:
+        choice: "auto", "host" or "device".
+        device_kind: "cpu", "gpu" or "tpu" (None: this machine's, `accelerator()`).
+        backend: a Keras backend name (None: the current one).
+
+    Example:
+    >>> augment_on_for("auto", "gpu", "jax"), augment_on_for("auto", "gpu", "tensorflow")
+    ('device', 'host')
+    >>> augment_on_for("auto", "cpu", "jax"), augment_on_for("device", "cpu", "tensorflow")
+    ('host', 'device')
+    """
+    if choice not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {list(AUGMENT_ON)}, got {choice!r}.")
+    if choice != "auto":
+        return choice
+    kind = device_kind or accelerator()[0]
+    backend = backend or keras.config.backend()
+    return "host" if kind == "cpu" or backend == "tensorflow" else "device"
+
+
+@keras.saving.register_keras_serializable(package="vitkeras")
+class Augmented(keras.Model):
+    """`model` behind augmentation layers that act in training only, so augmentation runs in the train step.
+
+    Compile and fit the wrapper; it shares every weight with `model`, which is what you
+    evaluate and save afterwards. At inference (training=False) it is `model` exactly.
+
+    Args:
+        model: a Keras model taking uint8-range images (values 0-255).
+        augmentation: "none", "translate", "basic" or "strong" (`data.make_augmentation`).
+        seed: seed of the augmentation layers (a seeded run repeats on one backend and device).
+
+    Example:
+    >>> import numpy as np
+    >>> inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> wrapped = Augmented(inner, "basic", seed=0)
+    >>> x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    >>> same = keras.ops.all(keras.ops.isclose(wrapped(x), inner(x)))  # inference: no augmentation
+    >>> bool(keras.ops.convert_to_numpy(same))
+    True
+    """
+
+    def __init__(self, model, augmentation="basic", seed=0, **kwargs):
+        from vitkeras import data
+
+        kwargs.setdefault("name", f"{model.name}_augmented")
+        super().__init__(**kwargs)
+        self.inner = model
+        self.augmentation = augmentation
+        self.seed = seed
+        # float32 layers: a mixed-precision policy would round the pixels to 16 bits here.
+        self.augment = data.make_augmentation(augmentation, seed, dtype="float32")
+        if keras.config.backend() == "jax":
+            # RandomTranslation says it cannot be compiled (TensorFlow's op has no XLA kernel), and one such
+            # layer makes Keras run the whole train step eagerly: 3.8x slower here (benchmarks/RESULTS.md).
+            # Its JAX version is jax.numpy throughout and compiles.
+            for layer in self.augment:
+                layer.supports_jit = True
+        if model.built and getattr(model, "inputs", None):
+            self.build(model.input_shape)  # built from the start: `fit` with a backup needs it
+
+    def build(self, input_shape):
+        for layer in self.augment:
+            layer.build(input_shape)
+        if not self.inner.built:
+            self.inner.build(input_shape)
+        self.built = True
+
+    def call(self, images, training=False):
+        for layer in self.augment:
+            images = layer(images, training=training)  # (B, H, W, C), still 0-255
+        return self.inner(images, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "model": keras.saving.serialize_keras_object(self.inner),
+                "augmentation": self.augmentation, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)
 
 
 # --------------------------------------------------------------------------- #

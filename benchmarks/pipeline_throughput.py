@@ -17,8 +17,12 @@ settings, iterated without a model, after a warm-up.
 - "04 cats vs dogs, cached": the same stream as `finetune` reads it
   (`vitkeras.data.cache_decoded`), timed after the one pass that fills the cache
   (LP-FT's linear probe): the rate of the fine-tuning epochs.
-- "04 cats vs dogs, cached, no augmentation": the same without flip and translation,
-  to show what the augmentation (a sequential map, so that seeded runs repeat) costs.
+- "04 cats vs dogs, cached, augmentation on the device": the same without flip and
+  translation in the pipeline, as `finetune --augment-on device` (the default on a
+  GPU) reads it: the augmentation runs in the train step instead
+  (`training.Augmented`; its cost there: `augment_on_device.py`). The difference to
+  the row above is what the augmentation costs the host (a sequential map, so that
+  seeded runs repeat).
 
 Usage:
 
@@ -85,7 +89,7 @@ def cases(jpeg_root):
                                    repeat=True)
 
     yield "04 cats vs dogs, cached", 32, lambda: filled("basic")
-    yield "04 cats vs dogs, cached, no augmentation", 32, lambda: filled("none")
+    yield "04 cats vs dogs, cached, augmentation on the device", 32, lambda: filled("none")
 
 
 def main(argv=None):

@@ -16,8 +16,6 @@ machine has none).
 """
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -87,8 +85,7 @@ def main(argv=None):
     print(f"augmentation in the step: {report['augmentation_ms_per_step']} ms a step "
           f"({report['augmentation_share']:.1%} of it)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        training.write_json_atomic(args.out, report)
         print(f"wrote {args.out}")
     return report
 

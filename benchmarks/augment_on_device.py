@@ -12,7 +12,7 @@ Runs on any Keras backend and needs no TensorFlow with JAX or PyTorch (the GPU
 machine has none).
 
     KERAS_BACKEND=jax python benchmarks/augment_on_device.py --image-size 112 \\
-        --out benchmarks/results/augment_on_device_cpu.json
+        --out benchmarks/results/augment_on_device/cpu_112_jax.json
 """
 
 import argparse

@@ -19,7 +19,7 @@ settings, iterated without a model, after a warm-up.
   (LP-FT's linear probe): the rate of the fine-tuning epochs.
 - "04 cats vs dogs, cached, augmentation on the device": the same without flip and
   translation in the pipeline, as `finetune --augment-on device` (the default on a
-  GPU) reads it: the augmentation runs in the train step instead
+  GPU with JAX or PyTorch) reads it: the augmentation runs in the train step instead
   (`training.Augmented`; its cost there: `augment_on_device.py`). The difference to
   the row above is what the augmentation costs the host (a sequential map, so that
   seeded runs repeat).

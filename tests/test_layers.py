@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vitkeras.layers import (
+    PatchDropout,
     Patches,
     PatchEncoder,
     TokenPooling,
@@ -298,6 +299,49 @@ def test_token_pooling(rng):
 
 
 # --------------------------------------------------------------------------- #
+# PatchDropout
+# --------------------------------------------------------------------------- #
+def test_patch_dropout_keeps_the_prefix_and_a_random_subset_of_each_images_patches(rng):
+    batch, prefix, patches, width = 32, 1, 64, 4
+    tokens = rng.normal(size=(batch, prefix + patches, width)).astype("float32")
+    layer = PatchDropout(0.5, num_prefix_tokens=prefix, seed=3)
+    out = to_numpy(layer(tokens, training=True))
+    assert out.shape == (batch, prefix + 32, width)
+    np.testing.assert_array_equal(out[:, 0], tokens[:, 0])  # the class token always stays
+    subsets = []
+    for image in range(batch):
+        # Each kept token is one of this image's patch tokens, whole, and none is kept twice.
+        match = np.all(out[image, prefix:, None, :] == tokens[image, None, prefix:, :], axis=-1)  # (K, N)
+        assert np.all(match.sum(axis=1) == 1)
+        kept = np.nonzero(match)[1]
+        assert len(set(kept)) == 32
+        subsets.append(frozenset(kept))
+    assert len(set(subsets)) == batch  # every image draws its own subset
+    # Uniform over positions: over 32 images each patch is kept about half the time.
+    counts = np.bincount(np.concatenate([sorted(s) for s in subsets]), minlength=patches)
+    assert counts.min() >= 4 and counts.max() <= 28
+    # The next call draws again; inference passes every token untouched.
+    assert not np.array_equal(to_numpy(layer(tokens, training=True)), out)
+    np.testing.assert_array_equal(to_numpy(layer(tokens)), tokens)
+    np.testing.assert_array_equal(to_numpy(layer(tokens, training=False)), tokens)
+
+
+@pytest.mark.parametrize("rate,patches,kept", [(0.5, 64, 32), (0.75, 16, 4), (0.9, 4, 1), (0.0, 9, 9)])
+def test_patch_dropout_keeps_round_of_the_rest_and_at_least_one(rate, patches, kept, rng):
+    layer = PatchDropout(rate)
+    assert layer.num_kept(patches) == kept
+    tokens = rng.normal(size=(2, patches, 8)).astype("float32")
+    assert to_numpy(layer(tokens, training=True)).shape == (2, kept, 8)
+
+
+def test_patch_dropout_errors():
+    with pytest.raises(ValueError, match=r"rate.*\[0, 1\).*1.0"):
+        PatchDropout(1.0)
+    with pytest.raises(ValueError, match=r"num_prefix_tokens.*non-negative.*-1"):
+        PatchDropout(0.5, num_prefix_tokens=-1)
+
+
+# --------------------------------------------------------------------------- #
 # Every layer: config round trip, mixed precision
 # --------------------------------------------------------------------------- #
 LAYERS = [
@@ -306,6 +350,7 @@ LAYERS = [
     (lambda: PatchEncoder(8, class_token=False, position_embedding="sincos2d", grid_size=(1, 4)), (2, 4, 48)),
     (lambda: TransformerBlock(2, 16, dropout=0.1, attention_dropout=0.1, layer_scale=0.1, drop_path=0.2, seed=5), (2, 5, 8)),
     (lambda: TokenPooling("gap", num_prefix_tokens=1), (2, 5, 8)),
+    (lambda: PatchDropout(0.5, num_prefix_tokens=1, seed=4), (2, 5, 8)),
 ]
 
 

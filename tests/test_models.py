@@ -59,6 +59,24 @@ def test_config_checks_its_fields():
         ViTConfig(class_token=False)
 
 
+def test_patch_dropout_drops_tokens_before_the_blocks_in_training_only(rng):
+    kwargs = dict(image_size=16, num_classes=5, seed=2)
+    plain = vitkeras.build_vit("Nano/4", **kwargs)
+    dropping = vitkeras.build_vit("Nano/4", patch_dropout=0.75, **kwargs)
+    assert dropping.count_params() == plain.count_params()  # nothing to learn
+    randomize_weights(plain)
+    dropping.set_weights(plain.get_weights())
+    x = rng.normal(size=(3, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(to_numpy(dropping(x)), to_numpy(plain(x)), rtol=1e-5, atol=1e-6)
+    blocks_input = keras.Model(dropping.input, dropping.get_layer("patch_dropout").output)
+    assert tuple(blocks_input(x, training=True).shape) == (3, 1 + 4, 64)  # class token + 25% of 16 patches
+    assert tuple(blocks_input(x).shape) == (3, 1 + 16, 64)
+    difference = np.abs(to_numpy(dropping(x, training=True)) - to_numpy(plain(x))).max()
+    assert difference > 100 * np.abs(to_numpy(dropping(x)) - to_numpy(plain(x))).max() + 1e-5
+    with pytest.raises(ValueError, match=r"patch_dropout must be in \[0, 1\), got 1.0"):
+        ViTConfig(patch_dropout=1.0)
+
+
 def test_build_vit_rejects_bad_image_size():
     with pytest.raises(ValueError, match=r"Image height 30 is not divisible by the patch size 16"):
         vitkeras.build_vit("B/16", image_size=(30, 32))
@@ -120,6 +138,9 @@ BUILDERS = {
     ),
     "vit_layer_scale_prelogits": lambda: vitkeras.build_vit(
         "Nano/4", image_size=(16, 8), num_classes=5, layer_scale=1e-4, representation_size=16
+    ),
+    "vit_patch_dropout": lambda: vitkeras.build_vit(
+        "Nano/4", image_size=16, num_classes=5, pooling="gap", position_embedding="sincos2d", patch_dropout=0.5
     ),
     "cnn": lambda: vitkeras.build_cnn(image_size=16, num_classes=5, width=8),
     "hybrid": lambda: vitkeras.build_hybrid_vit("Nano/4", image_size=16, num_classes=5, stem_width=8),

@@ -32,6 +32,7 @@ __all__ = [
     "PatchEncoder",
     "TransformerBlock",
     "TokenPooling",
+    "PatchDropout",
     "unpatchify",
     "sincos2d_position_embedding",
     "seeded_initializer",
@@ -529,6 +530,73 @@ class PatchEncoder(keras.layers.Layer):
                 "seed": self.seed,
             }
         )
+        return config
+
+
+# --------------------------------------------------------------------------- #
+# PatchDropout: (B, P+N, D) -> (B, P+K, D) in training, identity at inference
+# --------------------------------------------------------------------------- #
+@keras.saving.register_keras_serializable(package="vitkeras")
+class PatchDropout(keras.layers.Layer):
+    """Keeps a random subset of each image's patch tokens in training (PatchDropout, Liu et al. 2023).
+
+    A Transformer block costs about linearly in its tokens at these sizes, so keeping
+    K = round((1 - rate) * N) of the N patch tokens makes a training step nearly
+    N / K times cheaper, and the missing tokens act as augmentation (a random cutout
+    per image). Each image draws its own subset; prefix tokens (the [class] token)
+    are always kept. At inference every token passes. Place it after the position
+    embeddings are added, so each kept token still carries where it came from; with
+    mean pooling ("gap") the head sees the same kind of representation either way.
+
+    Args:
+        rate: fraction of the patch tokens dropped in training, in [0, 1).
+        num_prefix_tokens: tokens before the patch tokens (1 with a class token), never dropped.
+        seed: seed of the draws.
+
+    Example:
+    >>> import numpy as np
+    >>> layer = PatchDropout(0.5, num_prefix_tokens=1, seed=0)
+    >>> tokens = np.arange(2 * 65 * 4, dtype="float32").reshape(2, 65, 4)
+    >>> tuple(layer(tokens, training=True).shape), tuple(layer(tokens).shape)
+    ((2, 33, 4), (2, 65, 4))
+    """
+
+    def __init__(self, rate, num_prefix_tokens=0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = _check_rate("rate", rate)
+        if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, (int, np.integer)) \
+                or num_prefix_tokens < 0:
+            raise ValueError(f"`num_prefix_tokens` must be a non-negative integer, got {num_prefix_tokens!r}.")
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def num_kept(self, num_patches):
+        """K: how many of `num_patches` patch tokens a training step keeps (at least 1)."""
+        return max(1, round(num_patches * (1.0 - self.rate)))
+
+    def call(self, tokens, training=None):
+        if not training or self.rate == 0.0:
+            return tokens
+        prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens :]  # (B, P, D), (B, N, D)
+        num_patches = patches.shape[1]
+        if num_patches is None:
+            raise ValueError(f"{self.name}: the number of patch tokens must be known when tracing, got shape "
+                             f"{tuple(tokens.shape)}.")
+        keep = self.num_kept(num_patches)
+        noise = keras.random.uniform(ops.shape(patches)[:2], seed=self.seed_generator)  # (B, N)
+        _, kept = ops.top_k(noise, keep, sorted=False)  # (B, K): a uniform random K-subset per image
+        index = ops.broadcast_to(ops.expand_dims(kept, -1), (ops.shape(patches)[0], keep, ops.shape(patches)[2]))
+        patches = ops.take_along_axis(patches, index, axis=1)  # (B, K, D)
+        return ops.concatenate([prefix, patches], axis=1)  # (B, P+K, D)
+
+    def compute_output_shape(self, input_shape):
+        # The token count depends on `training` (P+K in training, P+N at inference): unknown here.
+        return (input_shape[0], None if self.rate else input_shape[1], input_shape[2])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rate": self.rate, "num_prefix_tokens": self.num_prefix_tokens, "seed": self.seed})
         return config
 
 

@@ -20,6 +20,7 @@ from vitkeras.layers import (
     POOLINGS,
     POSITION_EMBEDDINGS,
     Patches,
+    PatchDropout,
     PatchEncoder,
     TokenPooling,
     TransformerBlock,
@@ -57,6 +58,7 @@ class ViTConfig:
     dropout: float = 0.0  # after each Dense (except q, k, v) and after adding E_pos; paper: 0.1 for some runs
     attention_dropout: float = 0.0  # on the attention weights; the paper uses none
     drop_path: float = 0.0  # stochastic depth, largest at the last block (linear from 0); DeiT uses 0.1
+    patch_dropout: float = 0.0  # patch tokens dropped at random in training (PatchDropout); 0: the paper's ViT
     layer_scale: Optional[float] = None  # LayerScale init on residual branches (DeiT-III, DINOv2); paper: none
     class_token: Optional[bool] = None  # None: a class token exactly when pooling == "cls"
     position_embedding: str = "learned"  # "learned" (paper), "sincos2d" (fixed) or "none" (ablation)
@@ -74,7 +76,7 @@ class ViTConfig:
                 f"ViTConfig: hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}; "
                 f"choose num_heads among {[h for h in range(1, 65) if self.hidden_dim % h == 0]}."
             )
-        for name in ("dropout", "attention_dropout", "drop_path"):
+        for name in ("dropout", "attention_dropout", "drop_path", "patch_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ViTConfig.{name} must be in [0, 1), got {getattr(self, name)!r}.")
         if self.position_embedding not in POSITION_EMBEDDINGS:
@@ -182,7 +184,14 @@ def _patch_encoder(config, grid, seed):
 
 
 def _encoder(tokens, config, seed):
-    """L Transformer blocks then the final LayerNorm: (B, T, D) -> (B, T, D)."""
+    """[PatchDropout], L Transformer blocks, the final LayerNorm: (B, T, D) -> (B, T, D) (fewer T in training)."""
+    if config.patch_dropout:
+        tokens = PatchDropout(
+            config.patch_dropout,
+            num_prefix_tokens=int(config.uses_class_token),
+            seed=layer_seed(seed, "patch_dropout"),
+            name="patch_dropout",
+        )(tokens)  # (B, T, D) at inference; (B, 1+K, D) in training
     for i in range(config.num_layers):
         # Stochastic depth grows linearly with depth (DeiT), 0 at the first block.
         drop_path = config.drop_path * i / max(config.num_layers - 1, 1)

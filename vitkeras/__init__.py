@@ -18,7 +18,7 @@ from vitkeras.quiet import native_logs_filtered as _native_logs_filtered
 # command line asks for --verbose. Any other native line is still shown (vitkeras.quiet).
 with _native_logs_filtered(enabled=_os.environ.get("VITKERAS_VERBOSE") != "1" and "--verbose" not in _sys.argv):
     from vitkeras import layers
-    from vitkeras.layers import Patches, PatchEncoder, TokenPooling, TransformerBlock, unpatchify
+    from vitkeras.layers import PatchDropout, Patches, PatchEncoder, TokenPooling, TransformerBlock, unpatchify
     from vitkeras.pretrained import load_pretrained
     from vitkeras.models import (
         PRESETS,
@@ -49,6 +49,7 @@ __all__ = [
     "PatchEncoder",
     "TransformerBlock",
     "TokenPooling",
+    "PatchDropout",
     "unpatchify",
     "ViTConfig",
     "PRESETS",

@@ -248,8 +248,9 @@ def build_vit(
 ):
     """The Vision Transformer (paper Figure 1) as a functional `keras.Model`.
 
-    image -> Patches -> PatchEncoder (E, [class], E_pos) -> L x TransformerBlock
-    -> LayerNorm -> class token (or mean of patch tokens) -> Dense head.
+    image -> Patches -> PatchEncoder (E, [class], E_pos) -> [PatchDropout, in training,
+    when `patch_dropout` > 0] -> L x TransformerBlock -> LayerNorm -> class token
+    (or mean of patch tokens) -> Dense head.
 
     Args:
         preset_or_config: a preset name ("B/16", "Micro/4", any "<variant>/<P>"),

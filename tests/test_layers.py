@@ -339,6 +339,10 @@ def test_patch_dropout_errors():
         PatchDropout(1.0)
     with pytest.raises(ValueError, match=r"num_prefix_tokens.*non-negative.*-1"):
         PatchDropout(0.5, num_prefix_tokens=-1)
+    with pytest.raises(ValueError, match=r"tokens \(B, T, D\) with more than num_prefix_tokens=1.*\(2, 1, 8\)"):
+        PatchDropout(0.5, num_prefix_tokens=1)(np.zeros((2, 1, 8), "float32"), training=True)
+    with pytest.raises(ValueError, match=r"tokens \(B, T, D\).*\(2, 8\)"):
+        PatchDropout(0.5)(np.zeros((2, 8), "float32"))
 
 
 # --------------------------------------------------------------------------- #

@@ -545,8 +545,7 @@ class PatchDropout(keras.layers.Layer):
     N / K times cheaper, and the missing tokens act as augmentation (a random cutout
     per image). Each image draws its own subset; prefix tokens (the [class] token)
     are always kept. At inference every token passes. Place it after the position
-    embeddings are added, so each kept token still carries where it came from; with
-    mean pooling ("gap") the head sees the same kind of representation either way.
+    embeddings are added, so each kept token still carries where it came from.
 
     Args:
         rate: fraction of the patch tokens dropped in training, in [0, 1).
@@ -570,6 +569,15 @@ class PatchDropout(keras.layers.Layer):
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        tokens = input_shape[1] if len(input_shape) == 3 else None
+        if len(input_shape) != 3 or (tokens is not None and tokens <= self.num_prefix_tokens):
+            raise ValueError(
+                f"{self.name} expects tokens (B, T, D) with more than num_prefix_tokens={self.num_prefix_tokens} "
+                f"tokens, got shape {tuple(input_shape)}."
+            )
+        self.built = True
 
     def num_kept(self, num_patches):
         """K: how many of `num_patches` patch tokens a training step keeps (at least 1)."""

@@ -88,10 +88,12 @@ class WallClockBudget(keras.callbacks.Callback):
     budget. `curve` holds (minutes of training, steps, test accuracy) points.
     """
 
-    def __init__(self, seconds, recipe, test_batches, every=None):
+    def __init__(self, seconds, recipe, test_batches, every=None, full_tokens_fraction=0.0):
         super().__init__()
         self.seconds, self.test_batches, self.every = seconds, test_batches, every
         self.schedule = training.learning_rate_schedule(recipe, SCHEDULE_TICKS)
+        self.full_tokens_fraction = full_tokens_fraction
+        self.full_tokens_from_step = None  # the first step with every token, once switched
         self.curve = []
 
     def on_train_begin(self, logs=None):
@@ -109,9 +111,25 @@ class WallClockBudget(keras.callbacks.Callback):
         if self.trained >= self.next_point and not done:
             self.point()
             self.next_point += self.every
+        if (self.full_tokens_fraction and self.full_tokens_from_step is None
+                and self.trained >= (1.0 - self.full_tokens_fraction) * self.seconds and not done):
+            self.keep_every_token()
         if done:
             self.model.stop_training = True
         self.last = time.perf_counter()
+
+    def keep_every_token(self):
+        """Turns patch dropout off for the rest of the budget (FLIP's "unmasked tuning", Li et al. 2023).
+
+        The model then trains on the token count it is tested on. The rate is read when the train
+        step is traced, so the step is traced (and compiled) again; that time counts in the budget.
+        """
+        for layer in self.model.layers:
+            if isinstance(layer, vitkeras.PatchDropout):
+                layer.rate = 0.0
+        self.model.make_train_function(force=True)
+        self.full_tokens_from_step = self.steps
+        print(f"  {self.trained / 60:5.1f} min, step {self.steps}: every token from here on", flush=True)
 
     def point(self):
         accuracy = float(self.model.evaluate(self.test_batches, verbose=0, return_dict=True)["accuracy"])
@@ -121,7 +139,7 @@ class WallClockBudget(keras.callbacks.Callback):
 
 def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Micro/4", vit_options=None,
         learning_rate=None, batch_size=None, augmentation=None, curve_minutes=None, validation_arrays=None,
-        jit_compile="auto"):
+        jit_compile="auto", label_smoothing=None, weight_decay=None, full_tokens_fraction=0.0):
     """Trains one model for `seconds` of training time (its schedule laid out over them) and returns its record.
 
     With `validation_arrays`, the record also holds the final validation accuracy (for choosing
@@ -133,7 +151,8 @@ def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Mic
         name, train_arrays, train_arrays.num_classes, seed, preset=preset, vit_options=vit_options
     )
     recipe = training.get_recipe(recipe_name)
-    changes = dict(learning_rate=learning_rate, batch_size=batch_size, augmentation=augmentation)
+    changes = dict(learning_rate=learning_rate, batch_size=batch_size, augmentation=augmentation,
+                   label_smoothing=label_smoothing, weight_decay=weight_decay)
     recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None and name != "keras_example"})
     batches = data.make_pipeline(
         train_arrays, recipe.batch_size, training=True,
@@ -143,7 +162,10 @@ def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Mic
     steps_per_epoch = len(train_arrays) // recipe.batch_size
     # The optimizer gets a plain learning rate; WallClockBudget sets it before every batch.
     training.compile_model(model, recipe.replace(schedule="constant"), total_steps=1, jit_compile=jit_compile)
-    budget = WallClockBudget(seconds, recipe, test_batches, curve_minutes and curve_minutes * 60)
+    if full_tokens_fraction and not (name == "vitkeras" and (vit_options or {}).get("patch_dropout")):
+        full_tokens_fraction = 0.0  # only a model with patch dropout has tokens to give back
+    budget = WallClockBudget(seconds, recipe, test_batches, curve_minutes and curve_minutes * 60,
+                             full_tokens_fraction=full_tokens_fraction)
     model.fit(batches, epochs=1_000_000, steps_per_epoch=steps_per_epoch, callbacks=[budget], verbose=0)
     accuracy = float(model.evaluate(test_batches, verbose=0, return_dict=True)["accuracy"])
     budget.curve.append((round(budget.trained / 60, 2), budget.steps, round(accuracy, 4)))
@@ -165,6 +187,10 @@ def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Mic
         "schedule": f"{recipe.schedule} over the time budget",
         "batch_size": recipe.batch_size,
         "augmentation": recipe.augmentation,
+        "label_smoothing": recipe.label_smoothing,
+        "weight_decay": recipe.weight_decay,
+        "full_tokens_fraction": full_tokens_fraction,
+        "full_tokens_from_step": budget.full_tokens_from_step,
         "parameters": model.count_params(),
         "budget_seconds": seconds,
         "trained_seconds": round(budget.trained, 1),
@@ -244,6 +270,11 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=_positive(float), help="peak learning rate (default: the recipe's)")
     parser.add_argument("--batch-size", type=_positive(int), help="batch size (default: the recipe's)")
     parser.add_argument("--augmentation", choices=data.AUGMENTATIONS, help="augmentation (default: the recipe's)")
+    parser.add_argument("--label-smoothing", type=float, help="label smoothing (default: the recipe's)")
+    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the recipe's)")
+    parser.add_argument("--full-tokens-fraction", type=float, default=0.0,
+                        help="with patch_dropout: train the last this fraction of the budget on every token "
+                             "(default 0: patch dropout to the end)")
     parser.add_argument("--precision", default="float32", choices=experiments.PRECISIONS,
                         help="Keras dtype policy of every model (auto: float32 on CPU)")
     parser.add_argument("--jit-compile", default="auto", choices=["auto", "true", "false"],
@@ -256,6 +287,12 @@ def main(argv=None):
         vitkeras.get_config(args.preset, **dict(args.vit_option))
     except ValueError as error:
         parser.error(str(error))
+    if not 0.0 <= args.full_tokens_fraction < 1.0:
+        parser.error(f"--full-tokens-fraction must be in [0, 1), got {args.full_tokens_fraction}")
+    for name in ("label_smoothing", "weight_decay"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value < 1.0:
+            parser.error(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
     policy = training.choose_precision() if args.precision == "auto" else args.precision
     train_arrays = data.load_arrays(f"folder:{args.data_dir}", "train")
     test_arrays = data.load_arrays(f"folder:{args.data_dir}", "test")
@@ -263,7 +300,9 @@ def main(argv=None):
     print(f"train {len(train_arrays)} images, test {len(test_arrays)}; budget {args.minutes} min per model")
     options = dict(preset=args.preset, vit_options=dict(args.vit_option), learning_rate=args.learning_rate,
                    batch_size=args.batch_size, augmentation=args.augmentation, curve_minutes=args.curve_minutes,
-                   jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile])
+                   jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile],
+                   label_smoothing=args.label_smoothing, weight_decay=args.weight_decay,
+                   full_tokens_fraction=args.full_tokens_fraction)
     result = {
         "command": "python " + " ".join(sys.argv),
         "data": args.data_dir,

@@ -6,8 +6,11 @@ Compares, on the same data and the same budget:
   ViTConfig fields with `--vit-option`, e.g. pooling=gap) with the vitkeras
   from-scratch recipe (AdamW with decay exclusions, warm-up + cosine, label
   smoothing, clipping, flip + translate augmentation; `--learning-rate`,
-  `--batch-size` and `--augmentation` change it for vitkeras and the CNN;
-  `--jit-compile true` compiles every model's train step with XLA);
+  `--batch-size`, `--augmentation`, `--label-smoothing` and `--weight-decay`
+  change it for vitkeras and the CNN;
+  `--jit-compile true` compiles every model's train step with XLA; with
+  `--vit-option patch_dropout=R`, `--full-tokens-fraction F` trains the last
+  F of the budget on every token);
 - "keras_example": the keras.io example's model (resize to 72, patch 6,
   Flatten + 2048/1024 head) with its recipe (AdamW 1e-3, weight decay 1e-4,
   constant learning rate, in-model augmentation);

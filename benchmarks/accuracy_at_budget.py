@@ -292,6 +292,9 @@ def main(argv=None):
         parser.error(str(error))
     if not 0.0 <= args.full_tokens_fraction < 1.0:
         parser.error(f"--full-tokens-fraction must be in [0, 1), got {args.full_tokens_fraction}")
+    if args.full_tokens_fraction and not dict(args.vit_option).get("patch_dropout"):
+        parser.error(f"--full-tokens-fraction {args.full_tokens_fraction} needs patch dropout to turn off: "
+                     "add --vit-option patch_dropout=RATE (a rate in (0, 1))")
     for name in ("label_smoothing", "weight_decay"):
         value = getattr(args, name)
         if value is not None and not 0.0 <= value < 1.0:

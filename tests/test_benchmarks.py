@@ -1,6 +1,8 @@
 """Tests of the benchmark scripts' own logic (benchmarks/ is not a package; its scripts are imported by path)."""
 
+import itertools
 import sys
+import types
 from pathlib import Path
 
 import keras
@@ -12,6 +14,13 @@ from vitkeras import training
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import accuracy_at_budget  # noqa: E402
+
+
+def _fake_clock(monkeypatch, seconds_per_call=0.05):
+    """Every read of the budget's clock moves it on by `seconds_per_call`: each step then counts as the
+    same training time, whatever this machine's speed or the backend's first-step compilation."""
+    ticks = itertools.count()
+    monkeypatch.setattr(accuracy_at_budget, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) * seconds_per_call))
 
 
 class _TokenCount(keras.layers.Layer):
@@ -27,7 +36,8 @@ class _TokenCount(keras.layers.Layer):
         return tokens
 
 
-def test_wall_clock_budget_trains_its_last_fraction_on_every_token():
+def test_wall_clock_budget_trains_its_last_fraction_on_every_token(monkeypatch):
+    _fake_clock(monkeypatch)  # 0.05 s a step: 20 steps in the 1 s budget, the last 10 on every token
     vit = vitkeras.build_vit("Nano/4", image_size=8, num_classes=3, pooling="gap", patch_dropout=0.75)
     counter = _TokenCount()
     tokens = vit.get_layer("patch_dropout").output
@@ -39,16 +49,18 @@ def test_wall_clock_budget_trains_its_last_fraction_on_every_token():
     budget = accuracy_at_budget.WallClockBudget(1.0, recipe, None, full_tokens_fraction=0.5)
     model.fit(images, labels, batch_size=8, epochs=10_000, callbacks=[budget], verbose=0)
     assert vit.get_layer("patch_dropout").rate == 0.0
-    assert budget.full_tokens_from_step is not None and 0 < budget.full_tokens_from_step < budget.steps
+    assert budget.steps == 20 and budget.full_tokens_from_step == 10
     # 4 patch tokens: 1 kept at rate 0.75, then the step is traced again and sees all 4.
     assert counter.seen[0] == 1 and counter.seen[-1] == 4, counter.seen
 
 
-def test_wall_clock_budget_without_a_fraction_never_turns_patch_dropout_off():
+def test_wall_clock_budget_without_a_fraction_never_turns_patch_dropout_off(monkeypatch):
+    _fake_clock(monkeypatch)
     model = vitkeras.build_vit("Nano/4", image_size=8, num_classes=3, pooling="gap", patch_dropout=0.5)
     recipe = training.get_recipe("scratch", schedule="constant")
     training.compile_model(model, recipe, total_steps=1, jit_compile=False)
     images = np.zeros((16, 8, 8, 3), "float32")
-    budget = accuracy_at_budget.WallClockBudget(0.3, recipe, None)
+    budget = accuracy_at_budget.WallClockBudget(0.5, recipe, None)
     model.fit(images, keras.utils.to_categorical(np.zeros(16), 3), batch_size=8, epochs=10_000, callbacks=[budget], verbose=0)
+    assert budget.steps == 10
     assert model.get_layer("patch_dropout").rate == 0.5 and budget.full_tokens_from_step is None

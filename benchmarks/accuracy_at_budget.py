@@ -165,7 +165,7 @@ def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Mic
     steps_per_epoch = len(train_arrays) // recipe.batch_size
     # The optimizer gets a plain learning rate; WallClockBudget sets it before every batch.
     training.compile_model(model, recipe.replace(schedule="constant"), total_steps=1, jit_compile=jit_compile)
-    if full_tokens_fraction and not (name == "vitkeras" and (vit_options or {}).get("patch_dropout")):
+    if not any(isinstance(layer, vitkeras.PatchDropout) for layer in model.layers):
         full_tokens_fraction = 0.0  # only a model with patch dropout has tokens to give back
     budget = WallClockBudget(seconds, recipe, test_batches, curve_minutes and curve_minutes * 60,
                              full_tokens_fraction=full_tokens_fraction)
@@ -236,6 +236,13 @@ def _positive(kind):
     return parse
 
 
+def _fraction(text):
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
 def plot_curves(result, path):
     """Test accuracy against minutes of training, one line per model (the budget's schedule each)."""
     import matplotlib
@@ -273,9 +280,9 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=_positive(float), help="peak learning rate (default: the recipe's)")
     parser.add_argument("--batch-size", type=_positive(int), help="batch size (default: the recipe's)")
     parser.add_argument("--augmentation", choices=data.AUGMENTATIONS, help="augmentation (default: the recipe's)")
-    parser.add_argument("--label-smoothing", type=float, help="label smoothing (default: the recipe's)")
-    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the recipe's)")
-    parser.add_argument("--full-tokens-fraction", type=float, default=0.0,
+    parser.add_argument("--label-smoothing", type=_fraction, help="label smoothing (default: the recipe's)")
+    parser.add_argument("--weight-decay", type=_fraction, help="AdamW weight decay (default: the recipe's)")
+    parser.add_argument("--full-tokens-fraction", type=_fraction, default=0.0,
                         help="with patch_dropout: train the last this fraction of the budget on every token "
                              "(default 0: patch dropout to the end)")
     parser.add_argument("--precision", default="float32", choices=experiments.PRECISIONS,
@@ -290,15 +297,9 @@ def main(argv=None):
         vitkeras.get_config(args.preset, **dict(args.vit_option))
     except ValueError as error:
         parser.error(str(error))
-    if not 0.0 <= args.full_tokens_fraction < 1.0:
-        parser.error(f"--full-tokens-fraction must be in [0, 1), got {args.full_tokens_fraction}")
     if args.full_tokens_fraction and not dict(args.vit_option).get("patch_dropout"):
         parser.error(f"--full-tokens-fraction {args.full_tokens_fraction} needs patch dropout to turn off: "
                      "add --vit-option patch_dropout=RATE (a rate in (0, 1))")
-    for name in ("label_smoothing", "weight_decay"):
-        value = getattr(args, name)
-        if value is not None and not 0.0 <= value < 1.0:
-            parser.error(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
     policy = training.choose_precision() if args.precision == "auto" else args.precision
     train_arrays = data.load_arrays(f"folder:{args.data_dir}", "train")
     test_arrays = data.load_arrays(f"folder:{args.data_dir}", "test")

@@ -47,7 +47,12 @@ def test_wall_clock_budget_trains_its_last_fraction_on_every_token(monkeypatch):
     images = np.random.default_rng(0).uniform(0, 255, (32, 8, 8, 3)).astype("float32")
     labels = keras.utils.to_categorical(np.arange(32) % 3, 3)
     budget = accuracy_at_budget.WallClockBudget(1.0, recipe, None, full_tokens_fraction=0.5)
-    model.fit(images, labels, batch_size=8, epochs=10_000, callbacks=[budget], verbose=0)
+    steps_run = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: functions.append(model.train_function))
+    functions = []
+    model.fit(images, labels, batch_size=8, epochs=10_000, callbacks=[steps_run, budget], verbose=0)
+    # A new train step from the switch on (on JAX and PyTorch without compilation the old one would
+    # also see 4 tokens, since their steps run eagerly; only a new function proves the retrace).
+    assert len({id(f) for f in functions}) == 2
     assert vit.get_layer("patch_dropout").rate == 0.0
     assert budget.steps == 20 and budget.full_tokens_from_step == 10
     # 4 patch tokens: 1 kept at rate 0.75, then the step is traced again and sees all 4.

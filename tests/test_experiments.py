@@ -674,3 +674,43 @@ def test_plot_draws_training_accuracy_as_thin_lines_of_the_models_colour():
     dashed = {line.get_color() for line in lines if line.get_linestyle() == "--" and len(line.get_xdata()) == 2}
     assert len(solid) == 2 and dashed == solid
     assert len(figure.axes[0].collections) == 2  # one band per model over the two seeds
+
+
+def test_min_delta_reaches_the_stopping_and_the_plateau_and_the_best_step_is_the_restored_one(monkeypatch):
+    # Which rises count is Keras's rule (EarlyStopping/ReduceLROnPlateau `min_delta`); what is ours
+    # is passing it to both, and reporting the evaluation whose weights were restored, which with
+    # min_delta is not always the highest score.
+    made = {}
+
+    def spy(name):
+        real = getattr(keras.callbacks, name)
+
+        class Spy(real):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made[name] = self
+
+        return Spy
+
+    for name in ("EarlyStopping", "ReduceLROnPlateau"):
+        monkeypatch.setattr(keras.callbacks, name, spy(name))
+    pool = data.make_shapes(48, image_size=16, num_classes=2, seed=0)
+    run = experiments.train_to_convergence(experiments.build_model("cnn", 16, 2, cnn_width=4, seed=0),
+                                           pool.take(np.arange(32)), pool.take(np.arange(32, 48)), training_recipe(),
+                                           batch_size=16, patience=2, max_steps=40, eval_every=2, min_delta=0.3)
+    assert made["EarlyStopping"].min_delta == 0.3 and made["ReduceLROnPlateau"].min_delta == 0.3
+    assert run["best_step"] == 2 * (made["EarlyStopping"].best_epoch + 1)
+    assert run["steps"] == 2 * (made["EarlyStopping"].best_epoch + 1 + 2)  # stopped `patience` evaluations later
+
+
+def test_min_delta_enters_the_settings_and_bad_values_are_refused(tmp_path):
+    options = {**TINY, "sizes": (4,), "models": ("cnn",)}
+    default = experiments.data_efficiency(out=tmp_path / "default", **options)
+    assert "min_delta" not in default["settings"]  # results files written before the option still resume
+    summary = experiments.data_efficiency(out=tmp_path / "strict", min_delta=0.02, **options)
+    assert summary["settings"]["min_delta"] == 0.02
+    with pytest.raises(ValueError, match="holds results of other settings"):
+        experiments.data_efficiency(out=tmp_path / "strict", **options)
+    for bad in (1.0, -0.1, True):
+        with pytest.raises(ValueError, match=rf"min_delta must be a number from 0 up to \(not including\) 1, got {bad!r}"):
+            experiments.data_efficiency(out=tmp_path / "bad", min_delta=bad, **options)

@@ -207,6 +207,8 @@ class DataEfficiencyConfig:
                            "half as many)", type=int)
     max_steps: int = option(DEFAULT_MAX_STEPS, "step cap of one run (a warning says when a run reaches it)",
                             type=int)
+    min_delta: float = option(0.0, "the least rise in validation accuracy that counts as a new best for the "
+                              "patience and the restored weights", type=float, zero_allowed=True)
     eval_every: int | None = option(None, "steps between validation evaluations (None: one epoch, at least "
                                     f"{MIN_EVAL_STEPS}); patience counts these evaluations", type=int)
     jit_compile: str = option("auto", "XLA for the training step: auto (Keras's choice: no XLA on a CPU with "
@@ -265,6 +267,8 @@ class DataEfficiencyConfig:
             _check_positive(name, getattr(self, name))
         _check_positive("eval_every", self.eval_every, allow_none=True)
         _check_positive("workers", self.workers)
+        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, (int, float)) or not 0 <= self.min_delta < 1:
+            raise ValueError(f"min_delta must be a number from 0 up to (not including) 1, got {self.min_delta!r}.")
         rate = self.cnn_learning_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
             raise ValueError(f"cnn_learning_rate must be a number between 0 and 1, got {rate!r}.")
@@ -443,14 +447,14 @@ def reset_optimizer(model, learning_rate):
 
 
 def train_to_convergence(model, train_data, validation_data, recipe="scratch", batch_size=None, seed=0,
-                         patience=DEFAULT_PATIENCE, max_steps=DEFAULT_MAX_STEPS, eval_every=None,
+                         patience=DEFAULT_PATIENCE, max_steps=DEFAULT_MAX_STEPS, eval_every=None, min_delta=0.0,
                          patch_order=None, callbacks=(), verbose=0, log=None, label="run", jit_compile="auto"):
     """Trains until validation accuracy stops improving, and ends with the best weights.
 
     Validation accuracy is measured every `eval_every` steps (default: one
     epoch, at least `MIN_EVAL_STEPS`). The recipe's learning rate is used as
     it is (its schedule is replaced) until `patience // 2` evaluations pass
-    without a new best, then multiplied by `PLATEAU_FACTOR`
+    without a new best (one more than `min_delta` above the last best), then multiplied by `PLATEAU_FACTOR`
     (`keras.callbacks.ReduceLROnPlateau`), again after each further such
     stretch; after `patience` evaluations without a new best, training stops
     and the best evaluation's weights are restored
@@ -466,6 +470,8 @@ def train_to_convergence(model, train_data, validation_data, recipe="scratch", b
         model: an uncompiled Keras model with a "head" of logits.
         train_data, validation_data: ArrayData (disjoint).
         recipe: a scratch recipe (name or Recipe).
+        min_delta: the least rise in validation accuracy that counts as a new best; a smaller
+            rise (one or two validation images) neither resets the patience nor moves the best weights.
         patch_order: (patch size, order) to shuffle the patches of every image (`data.permute_patches`).
         callbacks: more Keras callbacks (called after the early stopping's).
         log, label: progress lines (None: silent) and the run's name in them.
@@ -500,16 +506,17 @@ def train_to_convergence(model, train_data, validation_data, recipe="scratch", b
         evaluate(model, validation_batches)
     else:
         reset_optimizer(model, recipe.learning_rate)
-    stopper = keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=patience, restore_best_weights=True)
+    stopper = keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=patience, min_delta=min_delta,
+                                            restore_best_weights=True)
     plateau = keras.callbacks.ReduceLROnPlateau("val_accuracy", mode="max", factor=PLATEAU_FACTOR,
-                                                patience=max(1, patience // 2), min_delta=0.0)
+                                                patience=max(1, patience // 2), min_delta=min_delta)
     callbacks = [plateau, stopper, *callbacks] + ([_Progress(log, label, interval)] if log else [])
     start = time.perf_counter()
     history = training.fit(model, train_batches, evaluations, interval, validation=validation_batches,
                            callbacks=callbacks, verbose=verbose)
     seconds = time.perf_counter() - start
     scores = history["val_accuracy"]
-    best = int(np.argmax(scores))  # EarlyStopping keeps the first best, as argmax does
+    best = int(stopper.best_epoch)  # the evaluation whose weights were restored
     hit_cap = len(scores) == evaluations and best > len(scores) - 1 - patience
     if hit_cap and log:
         log(f"    WARNING: {label} reached the step cap ({evaluations * interval} steps) while its validation "
@@ -927,6 +934,8 @@ def _efficiency_settings(config, train_all, test, width, params, policy):
         key["shapes_sizes"] = list(config.shapes_sizes)
     if config.eval_every:  # only when set, so results files written before the option still resume
         key["eval_every"] = config.eval_every
+    if config.min_delta:  # likewise
+        key["min_delta"] = config.min_delta
     if config.jit_compile != "auto":  # likewise; XLA orders the arithmetic differently: other numbers
         key["jit_compile"] = config.jit_compile
     if "pretrained" in config.models:
@@ -991,7 +1000,7 @@ def _efficiency_point(config, kind, subset, validation, test, width, seed, log, 
         recipe = recipe.replace(learning_rate=config.cnn_learning_rate)
     run = train_to_convergence(
         model, subset, validation, recipe, batch_size=config.batch_size, seed=seed, patience=config.patience,
-        max_steps=config.max_steps, eval_every=config.eval_every, patch_order=order, verbose=_keras_verbosity(config.verbose, quiet=0),
+        max_steps=config.max_steps, eval_every=config.eval_every, min_delta=config.min_delta, patch_order=order, verbose=_keras_verbosity(config.verbose, quiet=0),
         log=log, label=f"{kind} n={len(subset)} seed={seed}", jit_compile=_jit_compile(config.jit_compile, kind),
     )
 

@@ -5,12 +5,16 @@ steps of two small models (ViT Pico/4 and the matched CNN, 16x16 images). This s
 `train_on_batch` of each, compiled exactly as the main job compiles them (the `scratch` recipe at
 a constant rate), for several batch sizes, with and without XLA (`jit_compile`), on the
 backend's default threads or on one thread. `--pair` runs the ViT and the CNN side by side in two
-processes of one thread each, as a main job that trained the two models at once would.
+processes of one thread each, as a main job that trained the two models at once would. `--fit`
+times steps inside `model.fit` on the main job's input pipeline instead (batch 256, 1,800 shapes
+images, with the recipe's flip-and-translate augmentation and without), the ViT with XLA as
+`--jit-compile vit` compiles it.
 
 Usage (TensorFlow, the main job's backend; a few minutes on 2 cores):
 
     python benchmarks/main_job_step_time.py --out benchmarks/results/main_job_step_time.json
     python benchmarks/main_job_step_time.py --pair --out benchmarks/results/main_job_step_time_pair.json
+    python benchmarks/main_job_step_time.py --fit --out benchmarks/results/main_job_step_time_fit.json
 """
 
 import argparse
@@ -52,6 +56,23 @@ def step_ms(kind, batch, jit, rounds=5, steps=15):
     return round(float(np.median(times)), 1)
 
 
+def fit_step_ms(kind, jit, augmentation, steps=300, batch=256):
+    """Mean milliseconds of a training step inside `fit`, on the main job's input pipeline."""
+    from vitkeras import data, experiments, training
+
+    config = experiments.DataEfficiencyConfig()
+    width, _ = experiments._efficiency_models(config, 16, 6)
+    model = experiments.build_model(kind, 16, 6, config.preset, width, seed=0, cnn_stem_stride=config.cnn_stem_stride)
+    recipe = experiments.scratch_recipe(config.recipe).replace(schedule="constant", warmup_fraction=0.0)
+    training.compile_model(model, recipe, total_steps=1000, jit_compile=jit)
+    pool = data.make_shapes(1800, image_size=16, seed=0)
+    batches = data.make_pipeline(pool, batch, training=True, augmentation=augmentation, repeat=True)
+    model.fit(batches, epochs=1, steps_per_epoch=20, verbose=0)  # trace and warm up
+    start = time.perf_counter()
+    model.fit(batches, epochs=steps // 50, steps_per_epoch=50, verbose=0)  # the main job's 50-step epochs
+    return round((time.perf_counter() - start) / (steps // 50 * 50) * 1000, 1)
+
+
 def set_threads(threads):
     if threads:
         import tensorflow as tf
@@ -66,6 +87,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=_positive(int), default=None, help="TensorFlow threads (default: its own)")
     parser.add_argument("--pair", action="store_true", help="ViT (XLA) and CNN side by side, one thread each")
     parser.add_argument("--one", nargs=3, metavar=("KIND", "BATCH", "JIT"), help=argparse.SUPPRESS)
+    parser.add_argument("--fit", action="store_true", help="steps inside fit on the main job's pipeline")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -77,7 +99,15 @@ def main(argv=None):
     from vitkeras.experiments import machine_description
 
     rows = []
-    if args.pair:
+    if args.fit:
+        from vitkeras import training
+
+        for kind, jit in (("vit", True), ("cnn", "auto")):
+            for augmentation in (training.get_recipe("scratch").augmentation, "none"):
+                rows.append({"kind": kind, "batch": 256, "jit": jit is True, "augmentation": augmentation,
+                             "threads": args.threads or 0, "fit_ms": fit_step_ms(kind, jit, augmentation)})
+                print(rows[-1], flush=True)
+    elif args.pair:
         for threads, mode in ((None, "alone"), (1, "alone"), (1, "side by side")):
             command = [sys.executable, __file__, *(["--threads", str(threads)] if threads else []), "--one"]
             children = [command + [kind, "256", jit] for kind, jit in (("vit", "1"), ("cnn", "0"))]

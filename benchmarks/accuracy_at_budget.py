@@ -201,6 +201,9 @@ def run(name, train_arrays, test_arrays, seconds, seed=0, log=print, preset="Mic
         "epochs": round(budget.steps * recipe.batch_size / len(train_arrays), 2),
         "images_per_second": round(budget.steps * recipe.batch_size / budget.trained, 1),
         "jit_compile": jit_compile,
+        # What Keras compiled with: it falls back to no XLA for a model XLA cannot take (the Keras
+        # example's in-model augmentation), with only a warning.
+        "jit_compile_used": bool(model.jit_compile),
         "test_accuracy": accuracy,
         "validation_accuracy": validation,
         "train_accuracy_10k": train_accuracy,

@@ -267,8 +267,9 @@ class DataEfficiencyConfig:
             _check_positive(name, getattr(self, name))
         _check_positive("eval_every", self.eval_every, allow_none=True)
         _check_positive("workers", self.workers)
-        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, (int, float)) or not 0 <= self.min_delta < 1:
-            raise ValueError(f"min_delta must be a number from 0 up to (not including) 1, got {self.min_delta!r}.")
+        delta = self.min_delta
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 <= delta < 1:
+            raise ValueError(f"min_delta must be a number from 0 up to (not including) 1, got {delta!r}.")
         rate = self.cnn_learning_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
             raise ValueError(f"cnn_learning_rate must be a number between 0 and 1, got {rate!r}.")
@@ -454,12 +455,13 @@ def train_to_convergence(model, train_data, validation_data, recipe="scratch", b
     Validation accuracy is measured every `eval_every` steps (default: one
     epoch, at least `MIN_EVAL_STEPS`). The recipe's learning rate is used as
     it is (its schedule is replaced) until `patience // 2` evaluations pass
-    without a new best (one more than `min_delta` above the last best), then multiplied by `PLATEAU_FACTOR`
-    (`keras.callbacks.ReduceLROnPlateau`), again after each further such
-    stretch; after `patience` evaluations without a new best, training stops
-    and the best evaluation's weights are restored
-    (`keras.callbacks.EarlyStopping`). `max_steps` caps a run that never
-    settles: hitting it is reported (`hit_step_cap`) and logged as a warning.
+    without a new best (one more than `min_delta` above the last best), then
+    multiplied by `PLATEAU_FACTOR` (`keras.callbacks.ReduceLROnPlateau`),
+    again after each further such stretch; after `patience` evaluations
+    without a new best, training stops and the best evaluation's weights are
+    restored (`keras.callbacks.EarlyStopping`). `max_steps` caps a run that
+    never settles: hitting it is reported (`hit_step_cap`) and logged as a
+    warning.
 
     A model that an earlier call compiled keeps its compiled training step and
     starts with a fresh optimizer state: give it new weights with `set_weights`
@@ -1000,7 +1002,8 @@ def _efficiency_point(config, kind, subset, validation, test, width, seed, log, 
         recipe = recipe.replace(learning_rate=config.cnn_learning_rate)
     run = train_to_convergence(
         model, subset, validation, recipe, batch_size=config.batch_size, seed=seed, patience=config.patience,
-        max_steps=config.max_steps, eval_every=config.eval_every, min_delta=config.min_delta, patch_order=order, verbose=_keras_verbosity(config.verbose, quiet=0),
+        max_steps=config.max_steps, eval_every=config.eval_every, min_delta=config.min_delta, patch_order=order,
+        verbose=_keras_verbosity(config.verbose, quiet=0),
         log=log, label=f"{kind} n={len(subset)} seed={seed}", jit_compile=_jit_compile(config.jit_compile, kind),
     )
 

@@ -1,6 +1,7 @@
 """Tests of vitkeras.quiet: TensorFlow's native start-up noise is dropped, every other native line is kept."""
 
 import io
+import logging
 import os
 import sys
 
@@ -22,3 +23,18 @@ def test_disabled_filter_lets_everything_through(capfd):
     with native_logs_filtered(enabled=False):
         os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine\n")
     assert "Could not find cuda drivers" in capfd.readouterr().err
+
+
+def test_a_logging_handler_made_inside_the_filter_still_writes_after_it(capsys):
+    # TensorFlow makes its logger's handler while `import vitkeras` filters: sys.stderr is then the
+    # filter's own stream, which is closed at the end. Its later warnings must still reach stderr.
+    logger = logging.getLogger("vitkeras-test-quiet")
+    with native_logs_filtered(stream=io.StringIO()):
+        handler = logging.StreamHandler()  # writes to sys.stderr as it is now
+        logger.addHandler(handler)
+    try:
+        logger.warning("a warning after the filter")
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "a warning after the filter" in err and "Logging error" not in err

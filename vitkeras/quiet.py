@@ -13,6 +13,7 @@ not one of those known start-up messages.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -71,4 +72,19 @@ def native_logs_filtered(enabled=True, stream=None):
             for line in kept:
                 out.write(line + "\n")
             out.flush()
+            _repoint_handlers(terminal, python_stderr)
             terminal.close()
+
+
+def _repoint_handlers(old, new):
+    """Logging handlers made while the filter was active write to `old` (then `sys.stderr`); send them to `new`.
+
+    TensorFlow makes its logger's handler on import, inside the filter: without this, its later
+    warnings (an AutoGraph note, say) would hit a closed file and print "--- Logging error ---".
+    """
+    loggers = [logging.getLogger(), *(logger for logger in logging.root.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+                handler.setStream(new)

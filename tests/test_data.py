@@ -1,5 +1,6 @@
 """Tests of vitkeras.data: the embedded dataset, folders, tfds paths (mocked), subsets, pipeline."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -431,3 +432,31 @@ def test_patch_permutation_moves_the_same_patches_in_every_image_and_is_invertib
         data.patch_permutation(16, 5)
     with pytest.raises(ValueError, match="must be a permutation of range"):
         data.permute_patches(images, 4, [0, 1, 2])
+
+
+def test_a_class_selection_is_filtered_without_autograph_warnings():
+    # Two lambdas of the same arguments on one line made AutoGraph give up on them, with a
+    # warning (and a traceback) on every class-list dataset streamed through tf.data.
+    records = []
+    catch = logging.Handler()
+    catch.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(catch)
+    try:
+        dataset, info = data.load("shapes[disc,square]", "test")
+        labels = [int(label) for _, label in dataset.as_numpy_iterator()]
+    finally:
+        logger.removeHandler(catch)
+    assert info.class_names == ("disc", "square") and len(labels) == info.num_examples == 800
+    assert labels == info.labels.tolist() and set(labels) == {0, 1}
+    assert not [record for record in records if "AutoGraph" in record.getMessage()]
+
+
+def test_shapes_size_is_generated_before_a_class_selection_keeps_some():
+    everything = data.load_arrays("shapes", "test", shapes_size=60)
+    chosen = data.load_arrays("shapes[square,disc]", "test", shapes_size=60)  # was: the default 2,400 ignored it
+    squares, discs = everything.labels == 2, everything.labels == 0
+    assert len(chosen) == 20 and chosen.class_names == ("square", "disc")
+    np.testing.assert_array_equal(chosen.images, everything.images[squares | discs])
+    np.testing.assert_array_equal(chosen.labels, np.where(everything.labels[squares | discs] == 2, 0, 1))
+    np.testing.assert_array_equal(chosen.centers, everything.centers[squares | discs])

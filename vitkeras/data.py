@@ -252,6 +252,19 @@ def _is_download_error(error):
     )
 
 
+def _where(dataset, mask):
+    """The elements of `dataset` at the positions where the boolean array `mask` is True.
+
+    One lambda per line: AutoGraph reads a lambda's source to convert it, and two lambdas of the
+    same arguments on one line make it give up with a warning.
+    """
+    import tensorflow as tf
+
+    mask = tf.constant(mask)
+    dataset = dataset.enumerate().filter(lambda index, _: tf.gather(mask, index))
+    return dataset.map(lambda _, example: example)
+
+
 def _load_tfds(name, split, data_dir, split_seed):
     """(dataset of (encoded image, label), decode, DatasetInfo) of a tensorflow-datasets split.
 
@@ -260,7 +273,6 @@ def _load_tfds(name, split, data_dir, split_seed):
     them to keep a 1,000-image training subset made every epoch decode 23 times too many.
     `decode` maps one encoded image to (H, W, C) uint8.
     """
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     kwargs = dict(data_dir=data_dir, with_info=True, shuffle_files=False,
@@ -278,8 +290,7 @@ def _load_tfds(name, split, data_dir, split_seed):
         pairs = list(tfds.as_numpy(dataset.map(lambda e: (e["image/filename"], e["label"]))))
         keep = np.array([_split_of(_hash_fraction(n.decode(), split_seed)) == split for n, _ in pairs])
         labels = np.array([label for _, label in pairs], dtype="int32")[keep]
-        mask = tf.constant(keep)
-        dataset = dataset.enumerate().filter(lambda i, e: tf.gather(mask, i)).map(lambda i, e: e)
+        dataset = _where(dataset, keep)
     else:
         labels = np.fromiter(tfds.as_numpy(dataset.map(lambda e: e["label"])), dtype="int32")
     dataset = dataset.map(lambda e: (e["image"], e["label"]))
@@ -474,8 +485,7 @@ def load(name, split="train", image_size=None, data_dir=None, split_seed=0, max_
         else:
             mask = np.zeros(info.num_examples, dtype=bool)
             mask[keep] = True
-            mask = tf.constant(mask)
-            dataset = dataset.enumerate().filter(lambda i, e: tf.gather(mask, i)).map(lambda i, e: e)
+            dataset = _where(dataset, mask)
     if decode is not None:
         dataset = dataset.map(lambda x, y: (decode(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if classes is not None:
@@ -538,15 +548,25 @@ def cache_decoded(dataset, num_examples, image_size, limit_gib=DEFAULT_CACHE_GIB
 def load_arrays(name, split="train", image_size=None, data_dir=None, split_seed=0, shapes_size=None):
     """A split held in memory as `ArrayData` (for subsets and small datasets). Arguments as `load`.
 
-    `shapes_size` overrides the number of generated examples for "shapes" datasets.
+    `shapes_size` overrides the number of generated examples for "shapes" datasets (before a
+    class selection keeps some of them).
 
     Example:
     >>> load_arrays("shapes", "test", shapes_size=10).images.shape
     (10, 16, 16, 3)
+    >>> load_arrays("shapes[square,disc]", "test", shapes_size=12).class_names
+    ('square', 'disc')
     """
     _check_name_and_split(name, split)
-    if name.startswith("shapes") and split_classes(name)[1] is None:
-        return _load_shapes(name, split, image_size, shapes_size)
+    base, classes = split_classes(name)
+    if base.startswith("shapes"):  # generated in memory: selected here, without a tf.data pipeline
+        arrays = _load_shapes(base, split, image_size, shapes_size)
+        if classes is None:
+            return arrays
+        info = DatasetInfo(base, split, len(arrays), arrays.class_names, labels=arrays.labels)
+        keep, remap = _class_indices(name, info, classes)
+        kept = arrays.take(keep)
+        return ArrayData(kept.images, remap[kept.labels], tuple(classes), kept.centers)
     import tensorflow as tf
 
     dataset, info = load(name, split, image_size, data_dir, split_seed)

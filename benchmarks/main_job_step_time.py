@@ -31,10 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from accuracy_at_budget import _positive  # noqa: E402
 
 
-def step_ms(kind, batch, jit, rounds=5, steps=15):
-    """Median over `rounds` of the mean milliseconds of `steps` training steps on one fixed batch."""
-    import keras
-
+def main_job_model(kind, jit):
+    """The main job's ViT or CNN (16x16 images, 6 classes), compiled as the main job compiles it."""
     from vitkeras import experiments, training
 
     config = experiments.DataEfficiencyConfig()
@@ -42,6 +40,14 @@ def step_ms(kind, batch, jit, rounds=5, steps=15):
     model = experiments.build_model(kind, 16, 6, config.preset, width, seed=0, cnn_stem_stride=config.cnn_stem_stride)
     recipe = experiments.scratch_recipe(config.recipe).replace(schedule="constant", warmup_fraction=0.0)
     training.compile_model(model, recipe, total_steps=1000, jit_compile=jit)
+    return model
+
+
+def step_ms(kind, batch, jit, rounds=5, steps=15):
+    """Median over `rounds` of the mean milliseconds of `steps` training steps on one fixed batch."""
+    import keras
+
+    model = main_job_model(kind, jit)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (batch, 16, 16, 3)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, 6, batch), 6)
@@ -58,13 +64,9 @@ def step_ms(kind, batch, jit, rounds=5, steps=15):
 
 def fit_step_ms(kind, jit, augmentation, steps=300, batch=256):
     """Mean milliseconds of a training step inside `fit`, on the main job's input pipeline."""
-    from vitkeras import data, experiments, training
+    from vitkeras import data
 
-    config = experiments.DataEfficiencyConfig()
-    width, _ = experiments._efficiency_models(config, 16, 6)
-    model = experiments.build_model(kind, 16, 6, config.preset, width, seed=0, cnn_stem_stride=config.cnn_stem_stride)
-    recipe = experiments.scratch_recipe(config.recipe).replace(schedule="constant", warmup_fraction=0.0)
-    training.compile_model(model, recipe, total_steps=1000, jit_compile=jit)
+    model = main_job_model(kind, jit)
     pool = data.make_shapes(1800, image_size=16, seed=0)
     batches = data.make_pipeline(pool, batch, training=True, augmentation=augmentation, repeat=True)
     model.fit(batches, epochs=1, steps_per_epoch=20, verbose=0)  # trace and warm up

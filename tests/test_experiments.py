@@ -679,28 +679,38 @@ def test_plot_draws_training_accuracy_as_thin_lines_of_the_models_colour():
 def test_min_delta_reaches_the_stopping_and_the_plateau_and_the_best_step_is_the_restored_one(monkeypatch):
     # Which rises count is Keras's rule (EarlyStopping/ReduceLROnPlateau `min_delta`); what is ours
     # is passing it to both, and reporting the evaluation whose weights were restored, which with
-    # min_delta is not always the highest score.
-    made = {}
+    # min_delta is not the highest score. The validation accuracies are scripted (the stopper
+    # writes them into the logs that the history records): 0.70 is a new best over 0.50, 0.75
+    # is not one over 0.70, and two evaluations later the run stops.
+    scripted, made = iter([0.5, 0.7, 0.75, 0.72, 0.7, 0.7]), {}
 
-    def spy(name):
-        real = getattr(keras.callbacks, name)
+    class Plateau(keras.callbacks.ReduceLROnPlateau):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made["plateau"] = self
 
-        class Spy(real):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                made[name] = self
+    class Stopper(keras.callbacks.EarlyStopping):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made["stopper"], self.weights = self, []
 
-        return Spy
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_accuracy"] = next(scripted)
+            self.weights.append([np.array(w) for w in self.model.get_weights()])
+            super().on_epoch_end(epoch, logs)
 
-    for name in ("EarlyStopping", "ReduceLROnPlateau"):
-        monkeypatch.setattr(keras.callbacks, name, spy(name))
+    monkeypatch.setattr(keras.callbacks, "ReduceLROnPlateau", Plateau)
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", Stopper)
     pool = data.make_shapes(48, image_size=16, num_classes=2, seed=0)
-    run = experiments.train_to_convergence(experiments.build_model("cnn", 16, 2, cnn_width=4, seed=0),
-                                           pool.take(np.arange(32)), pool.take(np.arange(32, 48)), training_recipe(),
-                                           batch_size=16, patience=2, max_steps=40, eval_every=2, min_delta=0.3)
-    assert made["EarlyStopping"].min_delta == 0.3 and made["ReduceLROnPlateau"].min_delta == 0.3
-    assert run["best_step"] == 2 * (made["EarlyStopping"].best_epoch + 1)
-    assert run["steps"] == 2 * (made["EarlyStopping"].best_epoch + 1 + 2)  # stopped `patience` evaluations later
+    model = experiments.build_model("cnn", 16, 2, cnn_width=4, seed=0)
+    run = experiments.train_to_convergence(model, pool.take(np.arange(32)), pool.take(np.arange(32, 48)),
+                                           training_recipe(), batch_size=16, patience=2, max_steps=40, eval_every=2,
+                                           min_delta=0.1)
+    assert made["stopper"].min_delta == 0.1 and made["plateau"].min_delta == 0.1
+    assert run["history"]["val_accuracy"] == [0.5, 0.7, 0.75, 0.72]
+    assert run["best_step"] == 4 and run["steps"] == 8 and run["validation_accuracy"] == 0.7  # not 0.75's step 6
+    for restored, recorded in zip(model.get_weights(), made["stopper"].weights[1]):
+        np.testing.assert_array_equal(np.array(restored), recorded)
 
 
 def test_min_delta_enters_the_settings_and_bad_values_are_refused(tmp_path):

@@ -55,6 +55,29 @@ def test_each_filled_shape_is_drawn_at_its_recorded_centre_far_from_the_backgrou
     assert contrast(shapes.centers[:, ::-1]).min() < 150  # x and y swapped
 
 
+def _shape_minus_background(shapes):
+    """(n, 3): mean colour inside each filled shape (its centre pixel) minus its median border colour."""
+    rows = []
+    for image, label, (x, y) in zip(shapes.images, shapes.labels, shapes.centers):
+        if data.SHAPE_CLASSES[label] != "ring":  # a ring's centre is background
+            border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(float)
+            rows.append(image[int(y), int(x)].astype(float) - np.median(border, axis=0))
+    return np.array(rows)
+
+
+def test_light_on_dark_shapes_are_brighter_than_their_background_in_every_channel():
+    light = _shape_minus_background(data.make_shapes(200, image_size=32, seed=5))
+    assert light.min() > 30  # every channel: 0.6-0.9 against 0.1-0.4 blended with texture, noise aside
+    # The old rule, kept as colours="any", has shapes darker than their background in some channel:
+    # the check above can tell the two apart.
+    anything = _shape_minus_background(data.make_shapes(200, image_size=32, seed=5, colours="any"))
+    assert (anything < -30).any(axis=1).mean() > 0.5
+    same = data.make_shapes(200, image_size=32, seed=5, colours="any")
+    assert np.array_equal(same.labels, data.make_shapes(200, image_size=32, seed=5).labels)  # only colours differ
+    with pytest.raises(ValueError, match=r"colours must be one of \('light-on-dark', 'any'\), got 'red'"):
+        data.make_shapes(4, colours="red")
+
+
 def test_translation_split_confines_training_objects_to_the_left_third():
     size = 32
     train = data.make_shapes(300, image_size=size, seed=0, region="left")
@@ -319,6 +342,17 @@ def test_seeded_training_pipeline_is_reproducible_run_to_run():
         assert result.returncode == 0, result.stderr[-2000:]
         hashes.append(result.stdout.split("HASH")[1].strip())
     assert hashes[0] == hashes[1]
+
+
+def test_a_repeated_training_stream_has_full_batches_of_unknown_static_size():
+    """One traced training step serves every subset size: the batch dimension is left unknown."""
+    shapes = data.make_shapes(10, image_size=16, seed=0)  # 10 = 2 full batches of 4 and a remainder of 2
+    stream = data.make_pipeline(shapes, 4, training=True, augmentation="none", repeat=True, seed=0)
+    assert stream.element_spec[0].shape.as_list() == [None, 16, 16, 3]
+    assert [int(images.shape[0]) for images, _ in stream.take(7)] == [4] * 7  # a repeated stream has no remainder
+    once = data.make_pipeline(shapes, 4, training=True, augmentation="none", seed=0)
+    assert once.element_spec[0].shape.as_list() == [4, 16, 16, 3]  # one pass drops its partial batch
+    assert sum(1 for _ in once) == 2
 
 
 def test_training_pipeline_augments():

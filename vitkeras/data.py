@@ -65,6 +65,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # experiment fits in 5 minutes on 2 CPU cores), the sizes of its splits, and the seeds
 # that make the splits distinct.
 SHAPES_IMAGE_SIZE = 16
+SHAPE_COLOURS = ("light-on-dark", "any")  # `make_shapes` colour rules, the default first
 SHAPES_SPLIT_SIZES = {"train": 18000, "validation": 1200, "test": 2400}
 SHAPES_SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 # `cache_decoded`: decoded images are held in memory up to this many GiB (cats_vs_dogs's 18,600
@@ -142,7 +143,8 @@ def _shape_mask(kind, x, y):
     return (np.abs(x) <= 1.0) & (np.abs(y) <= 0.3)  # bar
 
 
-def make_shapes(num_examples, image_size=32, num_classes=6, seed=0, region="anywhere", rotation=0.0):
+def make_shapes(num_examples, image_size=32, num_classes=6, seed=0, region="anywhere", rotation=0.0,
+                colours="light-on-dark"):
     """The embedded "shapes" dataset: one coloured shape per image on textured noise.
 
     The class is the shape (disc, ring, square, triangle, cross, bar); position,
@@ -150,6 +152,15 @@ def make_shapes(num_examples, image_size=32, num_classes=6, seed=0, region="anyw
     positions, then global pooling) recognises a shape wherever it is; a ViT
     from scratch must learn each patch position separately, so it needs far
     more examples: the paper's inductive-bias argument in miniature.
+
+    The colours decide how much data both models need. "light-on-dark" (the
+    default since 2026-12-06): a random light colour (every channel 0.6-0.9)
+    on a random dark one (0.1-0.4), so a shape is always brighter than its
+    background. "any": the background any colour (0.2-0.8 a channel) and the
+    shape about half the range away in every channel, wrapped around, so a
+    channel can be brighter or darker: learning that colours do not matter
+    takes the ViT about ten times the images and steps (benchmarks/RESULTS.md,
+    "Act 2 in 2.5 minutes"); every act-2 number before that date used it.
 
     Args:
         num_examples: n.
@@ -159,6 +170,7 @@ def make_shapes(num_examples, image_size=32, num_classes=6, seed=0, region="anyw
         region: "anywhere", or "left" / "right": the object's centre stays in
             that third of the image (for the translation experiment).
         rotation: rotate each shape by a random angle in [-rotation, rotation] degrees.
+        colours: "light-on-dark" or "any" (above).
 
     Returns:
         ArrayData with uint8 images (n, S, S, 3) and balanced random labels.
@@ -176,6 +188,8 @@ def make_shapes(num_examples, image_size=32, num_classes=6, seed=0, region="anyw
         raise ValueError(f"num_classes must be between 2 and {len(SHAPE_CLASSES)}, got {num_classes!r}.")
     if region not in ("anywhere", "left", "right"):
         raise ValueError(f"region must be 'anywhere', 'left' or 'right', got {region!r}.")
+    if colours not in SHAPE_COLOURS:
+        raise ValueError(f"colours must be one of {SHAPE_COLOURS}, got {colours!r}.")
     rng = np.random.default_rng(seed)
     n, S = int(num_examples), int(image_size)
     labels = rng.permutation(np.arange(n) % num_classes).astype("int32")  # balanced
@@ -183,9 +197,14 @@ def make_shapes(num_examples, image_size=32, num_classes=6, seed=0, region="anyw
     cells = 4
     coarse = rng.uniform(0.0, 1.0, (n, cells, cells, 3))
     texture = np.repeat(np.repeat(coarse, -(-S // cells), axis=1), -(-S // cells), axis=2)[:, :S, :S]  # (n, S, S, 3)
-    base = rng.uniform(0.2, 0.8, (n, 1, 1, 3))
-    background = 0.8 * base + 0.2 * texture + rng.normal(0.0, 0.04, (n, S, S, 3))
-    foreground = (base + 0.5 + rng.uniform(-0.15, 0.15, (n, 1, 1, 3))) % 1.0  # far from the base colour
+    if colours == "light-on-dark":
+        base = rng.uniform(0.1, 0.4, (n, 1, 1, 3))
+        foreground = rng.uniform(0.6, 0.9, (n, 1, 1, 3))  # brighter than the base in every channel
+    else:  # "any": drawn in this order, so the images are those of the dataset before 2026-12-06
+        base = rng.uniform(0.2, 0.8, (n, 1, 1, 3))
+    background = 0.8 * base + 0.2 * texture + rng.normal(0.0, 0.04, (n, S, S, 3))  # (n, S, S, 3)
+    if colours == "any":
+        foreground = (base + 0.5 + rng.uniform(-0.15, 0.15, (n, 1, 1, 3))) % 1.0  # far from the base colour
     # Geometry: radius 20-32% of the image, centre inside the allowed region.
     radius = rng.uniform(0.2, 0.32, n) * S
     low, high = radius, S - radius
@@ -789,7 +808,10 @@ def make_pipeline(
         dataset = dataset.shuffle(min(size or 10_000, 50_000), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.batch(batch_size, drop_remainder=training)
+    # A repeated stream has no last partial batch to drop; leaving its batch dimension unknown lets
+    # one traced training step serve every batch size (TensorFlow traces it again for each static
+    # shape: seconds per run in the data-efficiency experiment, whose subsets differ in size).
+    dataset = dataset.batch(batch_size, drop_remainder=training and not repeat)
     augment = make_augmentation(augmentation, seed) if training else []
     mixers = []
     if training and mixup:

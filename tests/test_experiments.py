@@ -125,6 +125,22 @@ def test_workers_train_every_point_once_as_one_process_would(tmp_path):
     assert by_point(again) == shared
 
 
+def test_workers_default_to_two_on_a_multicore_cpu_and_one_on_an_accelerator(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments.training, "accelerator", lambda: ("cpu", None))
+    monkeypatch.setattr(experiments.parallel, "available_cores", lambda: 2)
+    assert experiments.default_workers() == 2
+    monkeypatch.setattr(experiments.parallel, "available_cores", lambda: 1)
+    assert experiments.default_workers() == 1
+    monkeypatch.setattr(experiments.parallel, "available_cores", lambda: 16)
+    monkeypatch.setattr(experiments.training, "accelerator", lambda: ("gpu", (9, 0)))
+    assert experiments.default_workers() == 1  # processes would share the GPU's memory
+    # workers=None resolves to that choice, which the results file records (one run: no second process).
+    summary = experiments.data_efficiency(out=tmp_path, **{**TINY, "workers": None, "sizes": (4,), "models": ("cnn",)})
+    assert summary["settings"]["workers"] == 1
+    with pytest.raises(ValueError, match=r"workers must be a positive integer"):
+        experiments.data_efficiency(out=tmp_path / "bad", **{**TINY, "workers": 0})
+
+
 @default_backend_only
 def test_interrupted_run_keeps_finished_points_and_resumes(tmp_path, monkeypatch):
     real = experiments.train_to_convergence

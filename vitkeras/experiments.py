@@ -64,19 +64,23 @@ SCRATCH_MODELS = ("vit", "vit-nopos", "cnn", "hybrid")
 # The default data-efficiency run (embedded dataset, 6 classes, 16x16 images): training
 # examples per class, validation examples per class, the ViT, the recipe (its learning rate,
 # weight decay and augmentation; see train_to_convergence for the schedule) and the batch.
-# Chosen with the measurements in benchmarks/RESULTS.md.
-DEFAULT_SIZES = (100, 300, 1000)
+# Chosen with the measurements in benchmarks/RESULTS.md ("Act 2 in 2.5 minutes"): on the
+# light-on-dark shapes both models converge in a few hundred steps; at 10 images per class the
+# ViT fits its training set and tests about 35 points below the CNN, at 50 within 3.
+DEFAULT_SIZES = (10, 20, 50)
 DEFAULT_VALIDATION_PER_CLASS = 50
 DEFAULT_EFFICIENCY_PRESET = "Pico/4"
 DEFAULT_EFFICIENCY_RECIPE = "scratch"
-DEFAULT_EFFICIENCY_BATCH = 256
+DEFAULT_EFFICIENCY_BATCH = 128  # 256 made the steps of the largest subset (300 images) twice as dear
+# Validation accuracy every this many steps (the patience counts these evaluations).
+DEFAULT_EVAL_EVERY = 25
 # The CNN's own learning rate (the ViT keeps the recipe's 1e-3): each model at the rate that suits
 # it, as the paper sweeps it per model. At 1e-3 the CNN sat on plateaus for 2,200 to 2,800 steps
 # and tested 0.775 to 0.895 at 600 images; at 3e-3 it tested 0.980 to 0.995 there, in 21% fewer
 # steps over the default run's three seeds (benchmarks/RESULTS.md, "The CNN's own learning rate").
 DEFAULT_CNN_LEARNING_RATE = 3e-3
 # The shuffled-patches experiment: a small and a large training set (examples per class).
-DEFAULT_SHUFFLED_SIZES = (25, 250)
+DEFAULT_SHUFFLED_SIZES = (10, 50)
 # `train`: epochs, and the fewest optimizer steps of a run.
 DEFAULT_EPOCHS = 8
 DEFAULT_MIN_STEPS = 400
@@ -209,16 +213,17 @@ class DataEfficiencyConfig:
                             type=int)
     min_delta: float = option(0.0, "the least rise in validation accuracy that counts as a new best for the "
                               "patience and the restored weights", type=float, zero_allowed=True)
-    eval_every: int | None = option(None, "steps between validation evaluations (None: one epoch, at least "
-                                    f"{MIN_EVAL_STEPS}); patience counts these evaluations", type=int)
+    eval_every: int | None = option(DEFAULT_EVAL_EVERY, "steps between validation evaluations (None: one epoch, "
+                                    f"at least {MIN_EVAL_STEPS}); patience counts these evaluations", type=int)
     jit_compile: str = option("auto", "XLA for the training step: auto (Keras's choice: no XLA on a CPU with "
                               "TensorFlow), vit (the ViTs with XLA on TensorFlow, the CNN as Keras chooses: 9.3 "
                               "instead of 12.0 minutes for the default run on 2 cores, with other numbers), true or "
                               "false (all models; true on PyTorch: torch.compile)", choices=JIT_COMPILE)
-    workers: int = option(1, "runs trained at once, each in its own process with its share of the CPU cores "
-                          "(vitkeras.parallel); 2 on a 2-core CPU took 6.8 instead of 9.5 minutes for the default "
-                          "run, with slightly different numbers (a run on one thread rounds differently); on a GPU "
-                          "keep 1 (processes would share its memory)", type=int)
+    workers: int | None = option(None, "runs trained at once, each in its own process with its share of the CPU "
+                                 "cores (vitkeras.parallel; a run on one thread rounds differently from one on "
+                                 "two, so its numbers differ slightly). None: 2 on a CPU with at least 2 cores "
+                                 "(the default run took 2.2 instead of 2.4 to 2.8 minutes on 2 cores), 1 on a GPU "
+                                 "or TPU, whose memory the processes would share", type=int)
     seeds: tuple = option((0,), "one run per seed for every size and model (validation split, subset, init, "
                           "shuffling)", nargs="+", type=int, signed=True)
     models: tuple = option(("vit", "cnn"), "models to compare: vit, vit-nopos (no position embeddings), cnn, "
@@ -266,7 +271,7 @@ class DataEfficiencyConfig:
         for name in ("validation_per_class", "patience", "max_steps", "pretrained_epochs", "batch_size"):
             _check_positive(name, getattr(self, name))
         _check_positive("eval_every", self.eval_every, allow_none=True)
-        _check_positive("workers", self.workers)
+        _check_positive("workers", self.workers, allow_none=True)
         delta = self.min_delta
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 <= delta < 1:
             raise ValueError(f"min_delta must be a number from 0 up to (not including) 1, got {delta!r}.")
@@ -1079,6 +1084,22 @@ def _efficiency_task(state, task, log):
                              state.compiled)
 
 
+def default_workers():
+    """Runs trained at once when `workers` is None: 2 on a CPU with at least 2 cores, else 1.
+
+    The main job's small models leave a second core nearly idle: their steps at batches of 60
+    to 128 cost little more on one thread than on two, so two runs at a time took 2.2 minutes
+    where one took 2.4 to 2.8 (benchmarks/RESULTS.md, "Act 2 in 2.5 minutes").
+
+    Example:
+    >>> default_workers() in (1, 2)
+    True
+    """
+    if training.accelerator()[0] != "cpu":
+        return 1
+    return 2 if parallel.available_cores() >= 2 else 1
+
+
 def _clock(seconds):
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -1126,7 +1147,7 @@ def data_efficiency(config=None, log=print, **options):
                 for kind in config.models]
         done = {(r["model"], r["train_size"], r["seed"]) for r in results}
         tasks = [(seed, size, kind) for seed, size, kind in plan if (kind, size, seed) not in done]
-        workers = config.workers
+        workers = config.workers or default_workers()
         settings["workers"] = workers
         log(f"data-efficiency on {config.dataset}: {classes} classes, {len(plan)} runs ({len(plan) - len(tasks)} "
             f"already done), validation {config.validation_per_class * classes}, test {len(test)}, parameters "

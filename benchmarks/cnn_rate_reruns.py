@@ -11,6 +11,12 @@ trains those CNN points again with the same calls as the notebook and the act-3 
 - cifar10: notebook 03 section 4, CIFAR-10, 100 and 1,000 per class;
 - cats_dogs: act 3, CIFAR-10's cats and dogs, 50, 200 and 1,000 per class.
 
+The photo runs pass `experiments.PHOTO_PROTOCOL` (batch 256, an evaluation every 50 steps, one run
+at a time), the settings they were measured with before the data-efficiency defaults changed for
+the main job's budget (2026-12-06). The two shapes-translation runs cannot be repeated on later
+commits: the shapes dataset changed colours that day (`git show 303e1d0:benchmarks/cnn_rate_reruns.py`
+and that commit's package give the numbers in RESULTS; notebook03_shapes_runs.py has the new ones).
+
 Usage (the CIFAR-10 copy in ../shared/datasets, unpacked to /tmp/data; about 12 minutes on
 2 cores for all four, each resumable):
 
@@ -29,8 +35,8 @@ RUNS = {
     "translation_no_flip": dict(dataset="shapes-translation", sizes=(1000,),
                                 recipe=training.get_recipe("scratch", augmentation="translate")),
     "translation_with_flip": dict(dataset="shapes-translation", sizes=(1000,)),
-    "cifar10": dict(dataset="folder:{cifar}", sizes=(100, 1000)),
-    "cats_dogs": dict(dataset="folder:{cifar}[cat,dog]", sizes=(50, 200, 1000)),
+    "cifar10": dict(dataset="folder:{cifar}", sizes=(100, 1000), **experiments.PHOTO_PROTOCOL),
+    "cats_dogs": dict(dataset="folder:{cifar}[cat,dog]", sizes=(50, 200, 1000), **experiments.PHOTO_PROTOCOL),
 }
 
 

@@ -62,7 +62,7 @@ TFDS_NAMES = ("cifar10", "cifar100", "cats_vs_dogs")
 DATASET_NAMES = ("shapes", "shapes-translation", *TFDS_NAMES)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # The embedded dataset's default image side (16: 16 tokens of 4x4 patches, so the default
-# experiment fits in 5 minutes on 2 CPU cores), the sizes of its splits, and the seeds
+# experiment fits in 2.5 minutes on 2 CPU cores), the sizes of its splits, and the seeds
 # that make the splits distinct.
 SHAPES_IMAGE_SIZE = 16
 SHAPE_COLOURS = ("light-on-dark", "any")  # `make_shapes` colour rules, the default first

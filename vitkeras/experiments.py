@@ -81,7 +81,7 @@ PHOTO_PROTOCOL = {"batch_size": 256, "eval_every": 50, "workers": 1}
 # The CNN's own learning rate (the ViT keeps the recipe's 1e-3): each model at the rate that suits
 # it, as the paper sweeps it per model. At 1e-3 the CNN sat on plateaus for 2,200 to 2,800 steps
 # and tested 0.775 to 0.895 at 600 images; at 3e-3 it tested 0.980 to 0.995 there, in 21% fewer
-# steps over the default run's three seeds (benchmarks/RESULTS.md, "The CNN's own learning rate").
+# steps over the default run's three seeds (on the shapes of any colour, before 2026-12-06) (benchmarks/RESULTS.md, "The CNN's own learning rate").
 DEFAULT_CNN_LEARNING_RATE = 3e-3
 # The shuffled-patches experiment: a small and a large training set (examples per class).
 DEFAULT_SHUFFLED_SIZES = (10, 50)
@@ -100,9 +100,9 @@ PLATEAU_FACTOR = 0.3
 # XLA for the training step (`jit_compile`): "auto" leaves every model to Keras (XLA on TensorFlow
 # GPUs, not on CPUs; JAX always uses XLA); "vit" compiles the ViTs' steps with XLA on TensorFlow.
 # On 2 CPU cores "vit" took the main job's ViT runs from 51-58 to 32-35 ms a step and the whole job
-# from 12.0 to 9.3 minutes (the CNN's convolutions run slower under XLA, so they keep Keras's
-# choice); the default stays "auto" because XLA's arithmetic moves every number of the course's act 2
-# as another seed would (benchmarks/RESULTS.md, "XLA for the ViTs").
+# from 12.0 to 9.3 minutes while its shapes had any colour (the CNN's convolutions run slower under
+# XLA, so they keep Keras's choice); the default stays "auto": XLA moves every act-2 number as
+# another seed would, and the main job fits its budget without it (benchmarks/RESULTS.md).
 JIT_COMPILE = ("auto", "vit", "true", "false")
 XLA_MODELS = ("vit", "vit-nopos")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -221,12 +221,13 @@ class DataEfficiencyConfig:
                                     f"at least {MIN_EVAL_STEPS}); patience counts these evaluations", type=int)
     jit_compile: str = option("auto", "XLA for the training step: auto (Keras's choice: no XLA on a CPU with "
                               "TensorFlow), vit (the ViTs with XLA on TensorFlow, the CNN as Keras chooses: 9.3 "
-                              "instead of 12.0 minutes for the default run on 2 cores, with other numbers), true or "
+                              "instead of 12.0 minutes for the default run on 2 cores before its dataset changed, "
+                              "with other numbers), true or "
                               "false (all models; true on PyTorch: torch.compile)", choices=JIT_COMPILE)
     workers: int | None = option(None, "runs trained at once, each in its own process with its share of the CPU "
                                  "cores (vitkeras.parallel; a run on one thread rounds differently from one on "
                                  "two, so its numbers differ slightly). None: 2 on a CPU with at least 2 cores "
-                                 "(the default run took 2.2 instead of 2.4 to 2.8 minutes on 2 cores), 1 on a GPU "
+                                 "(a run like the default one took 1.6 instead of 2.4 minutes on 2 cores), 1 on a GPU "
                                  "or TPU, whose memory the processes would share", type=int)
     seeds: tuple = option((0,), "one run per seed for every size and model (validation split, subset, init, "
                           "shuffling)", nargs="+", type=int, signed=True)
@@ -1044,7 +1045,7 @@ def _time_left(results, pending, workers=1):
 
     A point is estimated as the mean of the finished points of its model and size, else of its
     model: trained to convergence, a run takes a similar number of steps whatever its size
-    (1,450 to 3,750 steps from 600 to 6,000 images in the default run's three seeds). With
+    (525 to 1,375 steps from 60 to 300 images in the default run's three seeds). With
     several workers the sum is shared among them. A rough guide.
     """
     total = 0.0
@@ -1092,8 +1093,8 @@ def default_workers():
     """Runs trained at once when `workers` is None: 2 on a CPU with at least 2 cores, else 1.
 
     The main job's small models leave a second core nearly idle: their steps at batches of 60
-    to 128 cost little more on one thread than on two, so two runs at a time took 2.2 minutes
-    where one took 2.4 to 2.8 (benchmarks/RESULTS.md, "Act 2 in 2.5 minutes").
+    to 128 cost little more on one thread than on two, so two runs at a time took 1 min 34 s where
+    one took 2 min 25 s (5, 15 and 50 images per class; benchmarks/RESULTS.md, "Act 2 in 2.5 minutes").
 
     Example:
     >>> default_workers() in (1, 2)

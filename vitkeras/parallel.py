@@ -6,7 +6,9 @@ a step up by far less than 2x (the main job's CNN not at all). Two processes
 of one thread each, each training its own model, did the work of 1.45 to 1.7
 processes alone (`benchmarks/main_job_step_time.py --pair`, 2 cores,
 TensorFlow), and `data_efficiency(workers=2)` took 6 min 50 s where one
-process took 9 min 28 s (benchmarks/RESULTS.md, "Two runs at a time").
+process took 9 min 28 s (benchmarks/RESULTS.md, "Two runs at a time"); at the main job's smaller
+batches since December 2026, 1 min 34 s where one process took 2 min 25 s, so `data_efficiency`
+now uses two workers by default on a CPU with at least two cores.
 
 `run_tasks` is that, and only that: the caller's own function trains one task
 in a worker, the results come back to the calling process in the order they

@@ -79,9 +79,10 @@ DEFAULT_EVAL_EVERY = 25
 # an evaluation every 50 steps, one run at a time. Their calls pass it, so their numbers still hold.
 PHOTO_PROTOCOL = {"batch_size": 256, "eval_every": 50, "workers": 1}
 # The CNN's own learning rate (the ViT keeps the recipe's 1e-3): each model at the rate that suits
-# it, as the paper sweeps it per model. At 1e-3 the CNN sat on plateaus for 2,200 to 2,800 steps
-# and tested 0.775 to 0.895 at 600 images; at 3e-3 it tested 0.980 to 0.995 there, in 21% fewer
-# steps over the default run's three seeds (on the shapes of any colour, before 2026-12-06) (benchmarks/RESULTS.md, "The CNN's own learning rate").
+# it, as the paper sweeps it per model. On the shapes of any colour (before 2026-12-06), at 1e-3
+# the CNN sat on plateaus for 2,200 to 2,800 steps and tested 0.775 to 0.895 at 600 images; at
+# 3e-3 it tested 0.980 to 0.995 there, in 21% fewer steps over the default run's three seeds
+# (benchmarks/RESULTS.md, "The CNN's own learning rate").
 DEFAULT_CNN_LEARNING_RATE = 3e-3
 # The shuffled-patches experiment: a small and a large training set (examples per class).
 DEFAULT_SHUFFLED_SIZES = (10, 50)
@@ -227,8 +228,8 @@ class DataEfficiencyConfig:
     workers: int | None = option(None, "runs trained at once, each in its own process with its share of the CPU "
                                  "cores (vitkeras.parallel; a run on one thread rounds differently from one on "
                                  "two, so its numbers differ slightly). None: 2 on a CPU with at least 2 cores "
-                                 "(a run like the default one took 1.6 instead of 2.4 minutes on 2 cores), 1 on a GPU "
-                                 "or TPU, whose memory the processes would share", type=int)
+                                 "(a run like the default one took 1.6 instead of 2.4 minutes on 2 cores), 1 on "
+                                 "a GPU or TPU, whose memory the processes would share", type=int)
     seeds: tuple = option((0,), "one run per seed for every size and model (validation split, subset, init, "
                           "shuffling)", nargs="+", type=int, signed=True)
     models: tuple = option(("vit", "cnn"), "models to compare: vit, vit-nopos (no position embeddings), cnn, "

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import keras
@@ -126,6 +127,8 @@ def test_workers_train_every_point_once_as_one_process_would(tmp_path):
 
 
 def test_workers_default_to_two_on_a_multicore_cpu_and_one_on_an_accelerator(tmp_path, monkeypatch):
+    main = types.ModuleType("__main__")  # as in a notebook or `python -c` (pytest's own __main__ varies)
+    monkeypatch.setitem(sys.modules, "__main__", main)
     monkeypatch.setattr(experiments.training, "accelerator", lambda: ("cpu", None))
     monkeypatch.setattr(experiments.parallel, "available_cores", lambda: 2)
     assert experiments.default_workers() == 2
@@ -139,6 +142,12 @@ def test_workers_default_to_two_on_a_multicore_cpu_and_one_on_an_accelerator(tmp
     assert summary["settings"]["workers"] == 1
     with pytest.raises(ValueError, match=r"workers must be a positive integer"):
         experiments.data_efficiency(out=tmp_path / "bad", **{**TINY, "workers": 0})
+    # A script run by its path may call without the __main__ guard that worker processes need.
+    monkeypatch.setattr(experiments.training, "accelerator", lambda: ("cpu", None))
+    main.__file__, main.__spec__ = "/home/student/train.py", None
+    assert experiments.default_workers() == 1
+    main.__spec__ = types.SimpleNamespace(name="vitkeras.__main__")  # python -m vitkeras
+    assert experiments.default_workers() == 2
 
 
 @default_backend_only

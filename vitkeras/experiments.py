@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -229,7 +230,8 @@ class DataEfficiencyConfig:
                                  "cores (vitkeras.parallel; a run on one thread rounds differently from one on "
                                  "two, so its numbers differ slightly). None: 2 on a CPU with at least 2 cores "
                                  "(a run like the default one took 1.6 instead of 2.4 minutes on 2 cores), 1 on "
-                                 "a GPU or TPU, whose memory the processes would share", type=int)
+                                 "a GPU or TPU, whose memory the processes would share, and 1 in a script run by "
+                                 "its path (see default_workers)", type=int)
     seeds: tuple = option((0,), "one run per seed for every size and model (validation split, subset, init, "
                           "shuffling)", nargs="+", type=int, signed=True)
     models: tuple = option(("vit", "cnn"), "models to compare: vit, vit-nopos (no position embeddings), cnn, "
@@ -1097,11 +1099,19 @@ def default_workers():
     to 128 cost little more on one thread than on two, so two runs at a time took 1 min 34 s where
     one took 2 min 25 s (5, 15 and 50 images per class; benchmarks/RESULTS.md, "Act 2 in 2.5 minutes").
 
+    A script run by its path (`python train.py`) gets 1: each worker process imports it again, so a
+    call outside `if __name__ == "__main__":` would fail there, and whether it has that guard cannot
+    be seen from here (pass `workers=2` in a guarded script). The CLI (`python -m vitkeras`), a
+    notebook and `python -c` get 2.
+
     Example:
     >>> default_workers() in (1, 2)
     True
     """
     if training.accelerator()[0] != "cpu":
+        return 1
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) and getattr(main, "__spec__", None) is None:  # a script run by path
         return 1
     return 2 if parallel.available_cores() >= 2 else 1
 

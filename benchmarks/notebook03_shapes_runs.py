@@ -39,10 +39,13 @@ def main(argv=None):
     parser.add_argument("--out", default="benchmarks/results/notebook03_shapes", help="one subfolder per run")
     parser.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS), help="runs to do (default all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default 0, as the notebook)")
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time (default 2, as the notebook on a "
+                        "multi-core CPU and the recorded runs; a script run by its path would get 1; use 1 on a GPU)")
     args = parser.parse_args(argv)
     for name in args.only:
         print(f"== {name}", flush=True)
-        summary = experiments.data_efficiency(out=f"{args.out}/{name}", seeds=tuple(args.seeds), **RUNS[name])
+        summary = experiments.data_efficiency(out=f"{args.out}/{name}", seeds=tuple(args.seeds),
+                                              workers=args.workers, **RUNS[name])
         print(experiments.summary_table(summary), flush=True)
 
 
